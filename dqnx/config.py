@@ -1,0 +1,237 @@
+"""The one typed configuration of a dqnx run.
+
+Every field is a command-line flag of ``experiments/run.py`` with the same
+name. ``Config.validate()`` checks everything that can be checked without
+compiling anything and raises :class:`ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Literal
+
+NETWORKS = ("auto", "mlp", "minatar_cnn")
+LOSSES = ("huber", "mse")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake (exit code 2 on the command line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of one (possibly multi-seed) DQN run.
+
+    Attributes:
+      env_name: gymnax environment id with a discrete action space.
+      seed: base seed; seed ``i`` of a sweep uses ``seed + i``.
+      num_seeds: independent runs vmapped in one compiled program.
+      num_devices: devices the seeds are spread over (0 = as many local devices as
+        divide num_seeds; on CPU, one device per core).
+      total_steps: environment steps per seed, prefill included.
+      num_envs: environments stepped together (vmap) per seed.
+      rollout_steps: env steps per environment in one iteration.
+      updates_per_iteration: learner updates after each rollout.
+      buffer_size: replay capacity in transitions, per seed.
+      batch_size: transitions per learner update, per seed.
+      learning_rate: Adam step size.
+      adam_eps: Adam epsilon.
+      max_grad_norm: global-norm gradient clipping (0 disables it).
+      gamma: discount factor in [0, 1].
+      learning_starts: env steps of uniformly random acting before learning.
+      target_update_period: learner updates between target-network refreshes.
+      tau: target refresh rate; 1.0 is a hard copy, < 1 is Polyak averaging.
+      double_q: Double DQN target (van Hasselt et al., 2016); False is vanilla max.
+      loss: "huber" or "mse" on the TD error.
+      huber_delta: Huber loss threshold.
+      network: "mlp", "minatar_cnn" or "auto" (CNN for image observations).
+      hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
+      dueling: dueling value/advantage head (Wang et al., 2016).
+      epsilon_start: exploration rate at step 0.
+      epsilon_end: exploration rate after the decay.
+      epsilon_decay_steps: env steps (per seed) of linear decay.
+      eval_every: env steps between greedy evaluations (0 = only at the end).
+      eval_episodes: episodes per evaluation, run in parallel on device.
+      eval_epsilon: exploration rate during evaluation.
+      log_every: env steps per compiled chunk (one log line per chunk).
+      checkpoint_every: env steps between checkpoints (0 = none).
+      keep_checkpoints: how many recent checkpoints to keep.
+      workdir: output directory ("" = runs/<env>-<timestamp>).
+    """
+
+    env_name: str = "CartPole-v1"
+    seed: int = 0
+    num_seeds: int = 1
+    num_devices: int = 0
+    total_steps: int = 500_000
+    num_envs: int = 8
+    rollout_steps: int = 1
+    updates_per_iteration: int = 1
+    buffer_size: int = 50_000
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 10.0
+    gamma: float = 0.99
+    learning_starts: int = 10_000
+    target_update_period: int = 500
+    tau: float = 1.0
+    double_q: bool = True
+    loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = 1.0
+    network: Literal["auto", "mlp", "minatar_cnn"] = "auto"
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    dueling: bool = False
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_decay_steps: int = 100_000
+    eval_every: int = 50_000
+    eval_episodes: int = 10
+    eval_epsilon: float = 0.0
+    log_every: int = 25_000
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    workdir: str = ""
+
+    # ---- derived sizes -------------------------------------------------
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps per seed in one iteration."""
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def prefill_iterations(self) -> int:
+        return -(-self.learning_starts // self.steps_per_iteration)
+
+    @property
+    def iterations_per_chunk(self) -> int:
+        return max(1, self.log_every // self.steps_per_iteration)
+
+    @property
+    def train_iterations(self) -> int:
+        """Learning iterations after prefill (rounded up to whole iterations)."""
+        remaining = max(0, self.total_steps - self.prefill_iterations * self.steps_per_iteration)
+        return -(-remaining // self.steps_per_iteration)
+
+    @property
+    def replay_ratio(self) -> float:
+        """Transitions sampled per transition collected."""
+        return self.updates_per_iteration * self.batch_size / (self.rollout_steps * self.num_envs)
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "hidden_sizes" in d:
+            d["hidden_sizes"] = tuple(int(h) for h in d["hidden_sizes"])
+        return cls(**d)
+
+    # ---- validation ----------------------------------------------------
+    def validate(self) -> Config:
+        """Checks every field; raises ConfigError with a one-line message."""
+        from dqnx import envs  # local import: config stays importable without gymnax
+
+        def fail(msg: str):
+            raise ConfigError(msg)
+
+        envs.check_env_name(self.env_name)
+        positive = (
+            "num_seeds",
+            "total_steps",
+            "num_envs",
+            "rollout_steps",
+            "updates_per_iteration",
+            "buffer_size",
+            "batch_size",
+            "target_update_period",
+            "eval_episodes",
+            "log_every",
+            "keep_checkpoints",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(f"--{name} must be a positive integer, got {value!r}")
+        for name in (
+            "learning_starts",
+            "epsilon_decay_steps",
+            "eval_every",
+            "checkpoint_every",
+            "seed",
+            "num_devices",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                fail(f"--{name} must be a non-negative integer, got {value!r}")
+        if self.total_steps >= 2**31 - self.steps_per_iteration * (self.iterations_per_chunk + 1):
+            fail(f"--total_steps={self.total_steps} is too large (env steps are int32 counters)")
+        if not 0.0 <= self.gamma <= 1.0:
+            fail(f"--gamma must be in [0, 1], got {self.gamma}")
+        if not self.learning_rate > 0:
+            fail(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if not self.adam_eps >= 0:
+            fail(f"--adam_eps must be >= 0, got {self.adam_eps}")
+        if not self.max_grad_norm >= 0:
+            fail(f"--max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+        if not 0.0 < self.tau <= 1.0:
+            fail(f"--tau must be in (0, 1], got {self.tau}")
+        if not self.huber_delta > 0:
+            fail(f"--huber_delta must be > 0, got {self.huber_delta}")
+        for name in ("epsilon_start", "epsilon_end", "eval_epsilon"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                fail(f"--{name} must be in [0, 1], got {value}")
+        if self.loss not in LOSSES:
+            fail(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.network not in NETWORKS:
+            fail(f"--network must be one of {NETWORKS}, got {self.network!r}")
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            fail(f"--hidden_sizes must be positive integers, got {list(self.hidden_sizes)}")
+        if self.batch_size > self.buffer_size:
+            fail(f"--batch_size={self.batch_size} exceeds --buffer_size={self.buffer_size}")
+        if self.learning_starts < self.batch_size:
+            fail(
+                f"--learning_starts={self.learning_starts} is smaller than "
+                f"--batch_size={self.batch_size}: the first update would sample unwritten slots"
+            )
+        added = self.num_envs * self.rollout_steps
+        if added > self.buffer_size:
+            fail(
+                f"one iteration adds {added} transitions per device but --buffer_size="
+                f"{self.buffer_size}"
+            )
+        if self.learning_starts > self.total_steps:
+            fail(
+                f"--learning_starts={self.learning_starts} exceeds "
+                f"--total_steps={self.total_steps}: nothing would be learned"
+            )
+        if self.num_devices:
+            import jax
+
+            available = jax.local_device_count()
+            if self.num_devices > available:
+                fail(f"--num_devices={self.num_devices} but only {available} local device(s)")
+            if self.num_seeds % self.num_devices:
+                fail(
+                    f"--num_seeds={self.num_seeds} is not divisible by "
+                    f"--num_devices={self.num_devices}"
+                )
+        return self
+
+
+def suggest(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest names, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""

@@ -1,0 +1,169 @@
+"""gymnax adapter: single-environment pure functions, batched by the caller.
+
+Differences from calling ``gymnax`` directly:
+
+* ``terminated`` and ``truncated`` stay apart, and ``Step.next_obs`` is the
+  true observation reached by the action, also when the episode ended and the
+  environment was reset. A time-limit truncation can therefore bootstrap from
+  the real final state, while ``Step.obs`` is what the actor sees next.
+* MinAtar observations (exactly 0/1) are stored as ``bool`` — 4x less replay
+  memory than gymnax's float32, losslessly.
+* Discrete observations (FrozenLake) become one-hot float vectors.
+* Each environment tracks its running episode return and length, and reports
+  the finished episode's values on the step that ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnx.config import ConfigError, suggest
+
+# Needs a data download at construction, which dqnx never does at run time.
+_NEEDS_DOWNLOAD = ("MNISTBandit-bsuite",)
+
+
+class EnvSpec(NamedTuple):
+    """Static facts about an environment, read once on the host."""
+
+    name: str
+    num_actions: int
+    obs_shape: tuple[int, ...]
+    obs_dtype: Any
+    max_episode_steps: int
+
+
+class EnvState(NamedTuple):
+    inner: Any  # gymnax state
+    episode_return: jax.Array  # [] float32, running
+    episode_length: jax.Array  # [] int32, running
+
+
+class Step(NamedTuple):
+    """What one environment step produced (all leaves unbatched here)."""
+
+    obs: jax.Array  # observation to act on next (a reset one after an episode end)
+    next_obs: jax.Array  # true observation reached by the action (for bootstrapping)
+    reward: jax.Array  # [] float32
+    terminated: jax.Array  # [] bool: a terminal state, no bootstrap
+    truncated: jax.Array  # [] bool: cut by the time limit, bootstrap from next_obs
+    episode_return: jax.Array  # [] float32: return of the episode ended here (if done)
+    episode_length: jax.Array  # [] int32: its length (if done)
+
+    @property
+    def done(self) -> jax.Array:
+        return jnp.logical_or(self.terminated, self.truncated)
+
+
+class Env(NamedTuple):
+    """A pure environment: ``reset(key) -> (obs, state)``,
+    ``step(key, state, action) -> (state, Step)``."""
+
+    spec: EnvSpec
+    reset: Callable[[jax.Array], tuple[jax.Array, EnvState]]
+    step: Callable[[jax.Array, EnvState, jax.Array], tuple[EnvState, Step]]
+
+
+def discrete_env_names() -> list[str]:
+    """Every registered gymnax env id with a discrete action space."""
+    import gymnax
+    from gymnax.environments import spaces
+
+    names = []
+    for name in gymnax.registered_envs:
+        if name in _NEEDS_DOWNLOAD:
+            continue
+        env, params = gymnax.make(name)
+        if isinstance(env.action_space(params), spaces.Discrete):
+            names.append(name)
+    return names
+
+
+def check_env_name(name: str) -> None:
+    """Raises ConfigError for names dqnx cannot train on, with suggestions."""
+    import gymnax
+
+    if name in _NEEDS_DOWNLOAD:
+        raise ConfigError(f"--env_name={name} downloads a data set at start; not supported")
+    if name not in gymnax.registered_envs:
+        raise ConfigError(f"unknown --env_name={name!r}{suggest(name, gymnax.registered_envs)}")
+    from gymnax.environments import spaces
+
+    env, params = gymnax.make(name)
+    if not isinstance(env.action_space(params), spaces.Discrete):
+        raise ConfigError(f"--env_name={name} has a continuous action space; DQN needs discrete")
+
+
+def make(name: str, **param_overrides) -> Env:
+    """Builds the adapter for gymnax env ``name`` (see module docstring).
+
+    Args:
+      name: gymnax env id with a discrete action space.
+      **param_overrides: fields of the env's gymnax ``EnvParams`` to change,
+        e.g. ``max_steps_in_episode=100``.
+    """
+    import gymnax
+    from gymnax.environments import spaces
+
+    check_env_name(name)
+    env, params = gymnax.make(name)
+    if param_overrides:
+        params = params.replace(**param_overrides)
+    obs_space = env.observation_space(params)
+    if isinstance(obs_space, spaces.Discrete):
+        n_obs = int(obs_space.n)
+
+        def convert(obs):
+            return jax.nn.one_hot(obs, n_obs, dtype=jnp.float32)
+    elif name.endswith("-MinAtar"):
+
+        def convert(obs):
+            return obs > 0.5  # MinAtar channels are exactly 0.0 / 1.0
+    else:
+
+        def convert(obs):
+            return obs
+
+    obs0, _ = jax.eval_shape(lambda k: env.reset(k, params), jax.random.key(0))
+    obs0 = jax.eval_shape(convert, obs0)
+    spec = EnvSpec(
+        name=name,
+        num_actions=int(env.action_space(params).n),
+        obs_shape=tuple(obs0.shape),
+        obs_dtype=np.dtype(obs0.dtype),
+        max_episode_steps=int(params.max_steps_in_episode),
+    )
+
+    def reset(key):
+        obs, inner = env.reset(key, params)
+        return convert(obs), EnvState(inner, jnp.float32(0.0), jnp.int32(0))
+
+    def step(key, state: EnvState, action):
+        obs, inner, reward, terminated, truncated, info = env.step(key, state.inner, action, params)
+        reward = jnp.asarray(reward, jnp.float32)
+        terminated = jnp.asarray(terminated, jnp.bool_)
+        truncated = jnp.logical_and(jnp.asarray(truncated, jnp.bool_), ~terminated)
+        done = jnp.logical_or(terminated, truncated)
+        ep_return = state.episode_return + reward
+        ep_length = state.episode_length + 1
+        new_state = EnvState(
+            inner,
+            jnp.where(done, 0.0, ep_return),
+            jnp.where(done, 0, ep_length),
+        )
+        return new_state, Step(
+            obs=convert(obs),
+            next_obs=convert(info["final_observation"]),
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            episode_return=ep_return,
+            episode_length=ep_length,
+        )
+
+    return Env(spec, reset, step)

@@ -1,0 +1,104 @@
+"""Command-line flags: one absl flag per ``Config`` field, parsed into a ``Config``.
+
+Flag help comes from the ``Attributes:`` section of ``Config``'s docstring, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import typing
+
+from absl import flags
+
+from dqnx.config import Config, ConfigError
+
+_DEFINED: set[str] = set()
+
+
+def _attribute_docs() -> dict[str, str]:
+    doc = Config.__doc__ or ""
+    docs, name = {}, None
+    for line in doc.split("Attributes:", 1)[-1].splitlines():
+        m = re.match(r"\s{6}(\w+): (.*)", line)
+        if m:
+            name = m.group(1)
+            docs[name] = m.group(2).strip()
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines one flag per Config field (idempotent)."""
+    docs = _attribute_docs()
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        if field.name in flag_values:
+            continue
+        help_text = docs.get(field.name, field.name)
+        default = field.default
+        hint = hints[field.name]
+        if hint is bool:
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
+        elif hint is int:
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
+        elif hint is float:
+            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
+        elif typing.get_origin(hint) is tuple:
+            flags.DEFINE_list(
+                field.name, [str(x) for x in default], help_text, flag_values=flag_values
+            )
+        else:
+            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+        _DEFINED.add(field.name)
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
+    values = {}
+    for field in dataclasses.fields(Config):
+        value = flag_values[field.name].value
+        if field.name == "hidden_sizes":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise ConfigError(
+                    f"--hidden_sizes must be comma-separated integers, got {','.join(value)}"
+                ) from None
+        values[field.name] = value
+    return Config(**values)
+
+
+def _run_name(argv: list[str]) -> str | None:
+    for arg in argv:
+        if arg.startswith("--flagfile="):
+            return os.path.splitext(os.path.basename(arg.split("=", 1)[1]))[0]
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """Parses flags, validates, trains. Returns the process exit code."""
+    define_flags()
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_flags().validate()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from dqnx import train
+
+    if not config.workdir:
+        config = config.replace(workdir=train.default_workdir(_run_name(argv) or config.env_name))
+    try:
+        train.run(config)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

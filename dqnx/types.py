@@ -1,0 +1,43 @@
+"""State pytrees shared by several modules."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Transition(NamedTuple):
+    """One environment transition as stored in replay (leaves may carry batch axes).
+
+    ``next_obs`` is the true observation the action led to, also at an episode
+    end; ``terminated`` is True only for terminal states (no bootstrap), never
+    for time-limit truncations.
+    """
+
+    obs: jax.Array
+    action: jax.Array  # int32
+    reward: jax.Array  # float32
+    next_obs: jax.Array
+    terminated: jax.Array  # bool
+
+
+class LearnerState(NamedTuple):
+    params: Any
+    target_params: Any
+    opt_state: Any
+    num_updates: jax.Array  # int32 []
+
+
+class ActorState(NamedTuple):
+    obs: jax.Array  # [N, *obs_shape]: what each env shows the actor now
+    env_state: Any  # envs.EnvState with leading [N]
+    key: jax.Array  # PRNG key of this actor
+
+
+class EpisodeStats(NamedTuple):
+    """Sums over the episodes that ended in a span of steps (per seed)."""
+
+    return_sum: jax.Array  # float32 []
+    length_sum: jax.Array  # int32 []
+    count: jax.Array  # int32 []

@@ -1,0 +1,90 @@
+"""Aggregate env steps/s of the full training loop at several seed counts.
+
+  python scripts/bench_seeds.py --flagfile=experiments/configs/cartpole_reference.flags \
+      --seeds=1,8,32 [--chunks=3] [--out=bench.json]
+
+For each seed count: compile the programs (timed), run prefill and one warm-up
+chunk, then time ``--chunks`` chunks. Reported steps/s counts the env steps
+of all seeds and excludes compilation, prefill and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dqnx import parallel  # noqa: E402
+
+parallel.use_all_cpu_cores()
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+from dqnx import flags as dqnx_flags  # noqa: E402
+from dqnx import train  # noqa: E402
+
+flags.DEFINE_list("seeds", ["1", "8", "32"], "Seed counts to measure.")
+flags.DEFINE_integer("chunks", 3, "Timed chunks per seed count.")
+flags.DEFINE_string("out", "", "Optional JSON output path.")
+
+
+def measure(config, chunks):
+    t0 = time.perf_counter()
+    programs = train.compile_train(train.make_train(config))
+    compile_s = time.perf_counter() - t0
+    state, _ = programs.prefill(programs.initial_state)
+    state, m = programs.chunk(state)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(chunks):
+        state, m = programs.chunk(state)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    steps = chunks * config.iterations_per_chunk * config.steps_per_iteration * config.num_seeds
+    return {
+        "num_seeds": config.num_seeds,
+        "devices": programs.num_shards,
+        "compile_s": round(compile_s, 2),
+        "timed_env_steps": steps,
+        "timed_s": round(dt, 3),
+        "sps": round(steps / dt, 1),
+    }
+
+
+def main(argv):
+    dqnx_flags.define_flags()
+    flags.FLAGS(argv)
+    base = dqnx_flags.config_from_flags().validate()
+    info = {
+        "config": base.env_name,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.local_devices()],
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+    }
+    print(
+        f"# {info['config']} on {info['backend']} ({info['cores']} cores, "
+        f"{len(info['devices'])} device(s)), jax {info['jax']}"
+    )
+    print(f"{'seeds':>6} {'devices':>8} {'compile_s':>10} {'steps/s':>12}")
+    rows = []
+    for s in flags.FLAGS.seeds:
+        row = measure(base.replace(num_seeds=int(s)).validate(), flags.FLAGS.chunks)
+        rows.append(row)
+        print(
+            f"{row['num_seeds']:>6} {row['devices']:>8} {row['compile_s']:>10.2f} "
+            f"{row['sps']:>12,.0f}",
+            flush=True,
+        )
+    if flags.FLAGS.out:
+        with open(flags.FLAGS.out, "w") as f:
+            json.dump({"machine": info, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

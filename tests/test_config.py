@@ -1,0 +1,79 @@
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags as absl_flags
+
+import dqnx
+from dqnx import flags as dqnx_flags
+from dqnx.config import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.flags"))
+
+
+def parse(*args):
+    fv = absl_flags.FlagValues()
+    dqnx_flags.define_flags(fv)
+    fv([sys.argv[0], *args])
+    return dqnx_flags.config_from_flags(fv)
+
+
+def test_all_shipped_configs_validate():
+    names = {p.stem for p in CONFIGS}
+    assert {
+        "cartpole",
+        "cartpole_reference",
+        "acrobot",
+        "breakout_minatar",
+        "asterix_minatar",
+        "freeway_minatar",
+        "seaquest_minatar",
+        "space_invaders_minatar",
+    } <= names
+    for path in CONFIGS:
+        parse(f"--flagfile={path}").validate()
+
+
+def test_reference_config_is_exact():
+    c = parse(f"--flagfile={CONFIGS[0].parent / 'cartpole_reference.flags'}")
+    assert (c.num_envs, c.buffer_size, c.batch_size) == (10, 10_000, 128)
+    assert c.updates_per_iteration == 1 and c.rollout_steps == 1
+    assert c.hidden_sizes == (120, 84) and c.learning_rate == 2.5e-4 and c.loss == "mse"
+    assert not c.double_q and c.tau == 1.0 and c.target_update_period == 500
+    assert (c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps) == (1.0, 0.05, 250_000)
+    assert c.learning_starts == 10_000 and c.total_steps == 500_000 and c.max_grad_norm == 0
+    assert c.replay_ratio == 12.8
+
+
+def test_command_line_overrides_flagfile():
+    c = parse(f"--flagfile={CONFIGS[0].parent / 'cartpole.flags'}", "--num_seeds=3", "--seed=7")
+    assert c.num_seeds == 3 and c.seed == 7
+
+
+def test_dict_round_trip():
+    c = dqnx.Config(hidden_sizes=(3, 4), dueling=True)
+    assert dqnx.Config.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match="unknown config field"):
+        dqnx.Config.from_dict({"nope": 1})
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"num_envs": 0}, "--num_envs must be a positive integer"),
+        ({"total_steps": -5}, "--total_steps must be a positive integer"),
+        ({"learning_starts": 10, "batch_size": 32}, "smaller than --batch_size"),
+        ({"tau": 0.0}, "--tau"),
+        ({"epsilon_end": 1.5}, "--epsilon_end"),
+        ({"loss": "l1"}, "--loss"),
+        ({"network": "resnet"}, "--network"),
+        ({"num_envs": 64, "buffer_size": 32, "batch_size": 16, "learning_starts": 16}, "adds 64"),
+        ({"learning_starts": 10**6}, "exceeds --total_steps"),
+        ({"num_seeds": 3, "num_devices": 2}, "not divisible"),
+        ({"num_devices": 64}, "local device"),
+        ({"hidden_sizes": (0,)}, "--hidden_sizes"),
+    ],
+)
+def test_validation_messages(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        dqnx.Config(**changes).validate()

@@ -1,0 +1,30 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnx import exploration
+
+
+def test_linear_schedule_values():
+    eps = exploration.linear_schedule(1.0, 0.05, 250_000)
+    assert float(eps(0)) == 1.0
+    np.testing.assert_allclose(float(eps(125_000)), 0.525, rtol=1e-6)
+    np.testing.assert_allclose(float(eps(250_000)), 0.05, rtol=1e-6)
+    np.testing.assert_allclose(float(eps(10**7)), 0.05, rtol=1e-6)
+    assert float(exploration.linear_schedule(1.0, 0.1, 0)(5)) == np.float32(0.1)
+
+
+def test_epsilon_greedy_frequencies():
+    q = jnp.tile(jnp.array([0.0, 1.0, 0.0, 0.0]), (100_000, 1))
+    actions = np.asarray(exploration.epsilon_greedy(jax.random.key(0), q, 0.2))
+    freq = np.bincount(actions, minlength=4) / len(actions)
+    # greedy action 1 with 0.8 + 0.2/4, the others 0.2/4 each
+    np.testing.assert_allclose(freq, [0.05, 0.85, 0.05, 0.05], atol=0.005)
+
+
+def test_epsilon_greedy_per_actor_epsilon():
+    q = jnp.tile(jnp.array([1.0, 0.0]), (2, 50_000, 1))
+    eps = jnp.array([[0.0], [1.0]])
+    actions = np.asarray(exploration.epsilon_greedy(jax.random.key(1), q, eps))
+    assert (actions[0] == 0).all()
+    np.testing.assert_allclose(actions[1].mean(), 0.5, atol=0.01)

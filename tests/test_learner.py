@@ -1,0 +1,116 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dqnx import actor, envs, learner
+from dqnx.types import Transition
+
+
+class Linear(nn.Module):
+    """Q(s) = s @ w: Q-values that are easy to compute by hand."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x @ self.param("w", nn.initializers.zeros, (2, 2))
+
+
+W_ONLINE = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+W_TARGET = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+
+# Row 0 ends in a terminal state: no bootstrap.
+# Row 1 was cut by the time limit: not terminal, so it bootstraps from the
+# true final observation [1, 1]:
+#   Q_target([1,1]) = [2, 1];  Q_online([1,1]) = [4, 6] -> Double DQN picks action 1.
+BATCH = Transition(
+    obs=jnp.array([[1.0, 0.0], [0.0, 1.0]]),
+    action=jnp.array([1, 0], jnp.int32),
+    reward=jnp.array([1.0, 0.5]),
+    next_obs=jnp.array([[0.0, 1.0], [1.0, 1.0]]),
+    terminated=jnp.array([True, False]),
+)
+
+
+def make_state(learn):
+    state = learn.init(jax.random.key(0), BATCH.obs)
+    return state._replace(
+        params={"params": {"w": W_ONLINE}}, target_params={"params": {"w": W_TARGET}}
+    )
+
+
+@pytest.mark.parametrize(
+    "double_q,expected_td",
+    [
+        # vanilla: row 0: 1 - Q(s)[1] = 1 - 2 = -1;  row 1: 0.5 + 0.9 * max(2, 1) - 3 = -0.7
+        (False, [-1.0, -0.7]),
+        # double:  row 0: -1;                        row 1: 0.5 + 0.9 * Q_target[1] - 3 = -1.6
+        (True, [-1.0, -1.6]),
+    ],
+)
+def test_loss_on_hand_built_transitions(double_q, expected_td):
+    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, double_q=double_q, loss="mse")
+    _, metrics = jax.jit(learn.update)(make_state(learn), BATCH)
+    np.testing.assert_allclose(metrics["loss"], np.mean(np.square(expected_td)), rtol=1e-6)
+    np.testing.assert_allclose(metrics["td_abs"], np.mean(np.abs(expected_td)), rtol=1e-6)
+
+
+def test_gradient_step_matches_numpy():
+    lr = 0.1
+    learn = learner.make_learner(Linear(), optax.sgd(lr), gamma=0.9, double_q=True, loss="mse")
+    state, _ = learn.update(make_state(learn), BATCH)
+    # loss = mean(td^2), td = target - Q(s)[a]; dL/dw[:, a] = -2/B * td * s
+    td = np.array([-1.0, -1.6])
+    grad = np.zeros((2, 2))
+    for i in range(2):
+        grad[:, int(BATCH.action[i])] += -2 / 2 * td[i] * np.asarray(BATCH.obs[i])
+    np.testing.assert_allclose(state.params["params"]["w"], W_ONLINE - lr * grad, rtol=1e-6)
+
+
+def test_huber_option():
+    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, loss="huber", huber_delta=1.0)
+    _, metrics = learn.update(make_state(learn), BATCH)
+    # |td| = [1.0, 1.6]: 0.5 * 1^2 = 0.5 and 1.6 - 0.5 = 1.1
+    np.testing.assert_allclose(metrics["loss"], (0.5 + 1.1) / 2, rtol=1e-6)
+
+
+def test_hard_target_refresh_period():
+    learn = learner.make_learner(Linear(), optax.sgd(0.1), gamma=0.9, target_update_period=3)
+    state = make_state(learn)
+    update = jax.jit(learn.update)
+    for i in range(1, 7):
+        state, _ = update(state, BATCH)
+        w, wt = state.params["params"]["w"], state.target_params["params"]["w"]
+        if i % 3 == 0:
+            np.testing.assert_array_equal(wt, w)
+        else:
+            assert not np.allclose(wt, w)
+        if i < 3:
+            np.testing.assert_array_equal(wt, W_TARGET)
+
+
+def test_polyak_target():
+    learn = learner.make_learner(
+        Linear(), optax.sgd(0.1), gamma=0.9, tau=0.25, target_update_period=1
+    )
+    state, _ = learn.update(make_state(learn), BATCH)
+    w = state.params["params"]["w"]
+    np.testing.assert_allclose(
+        state.target_params["params"]["w"], 0.25 * w + 0.75 * W_TARGET, rtol=1e-6
+    )
+
+
+def test_actor_stores_true_final_observation():
+    env = envs.make("CartPole-v1", max_steps_in_episode=3)
+    act = actor.make_actor(env, Linear(), num_envs=2)
+    state = act.init(jax.random.key(0))
+    state, tr, stats = jax.jit(act.rollout, static_argnums=3)(None, state, 1.0, 4)
+    # time-major [T * N]: step t of env i is row t * 2 + i
+    obs = np.asarray(tr.obs).reshape(4, 2, 4)
+    next_obs = np.asarray(tr.next_obs).reshape(4, 2, 4)
+    terminated = np.asarray(tr.terminated).reshape(4, 2)
+    np.testing.assert_array_equal(next_obs[:2], obs[1:3])  # within the episode
+    assert not terminated[2].any()  # step 3 is a truncation, never a termination
+    assert not np.allclose(next_obs[2], obs[3])  # final obs kept, then reset
+    assert int(stats.count) == 2 and float(stats.return_sum) == 6.0

@@ -1,0 +1,172 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import dqnx
+from dqnx import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dqnx.Config(
+    env_name="CartPole-v1",
+    num_seeds=2,
+    num_envs=4,
+    buffer_size=1_000,
+    batch_size=32,
+    hidden_sizes=(32,),
+    learning_starts=200,
+    total_steps=2_000,
+    log_every=400,
+    eval_every=800,
+    eval_episodes=3,
+    target_update_period=50,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_fns():
+    return train.make_train(TINY.validate())
+
+
+def test_seeds_are_independent(tiny_fns):
+    state = jax.jit(tiny_fns.init)()
+    w = np.asarray(state.learner.params["params"]["Dense_0"]["kernel"])
+    assert w.shape[0] == 2 and not np.allclose(w[0], w[1])  # own network init
+    obs = np.asarray(state.actor.obs)
+    assert not np.allclose(obs[0], obs[1])  # own env resets
+    keys = jax.random.key_data(state.actor.key)
+    assert not np.array_equal(keys[0], keys[1])  # own exploration keys
+    # seed i of a sweep is the run of --seed=seed+i
+    single = train.make_train(TINY.replace(num_seeds=1, seed=1).validate())
+    w1 = np.asarray(jax.jit(single.init)().learner.params["params"]["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(w1[0], w[1])
+
+
+def test_chunk_does_not_recompile(tiny_fns):
+    state = jax.jit(tiny_fns.init)()
+    prefill = jax.jit(tiny_fns.prefill, donate_argnums=0)
+    chunk = jax.jit(tiny_fns.chunk, donate_argnums=0)
+    state, _ = prefill(state)
+    steps = []
+    for _ in range(3):
+        state, metrics = chunk(state)
+        steps.append(int(state.env_steps))
+    assert chunk._cache_size() == 1
+    assert steps == [600, 1000, 1400]  # 200 prefill steps, then 400 per chunk
+    assert int(metrics.num_updates) == 100
+    loss = np.asarray(metrics.loss_sum)
+    assert loss.shape == (2,) and np.isfinite(loss).all() and (loss > 0).all()
+
+
+def test_run_is_deterministic_and_writes_contract_files(tmp_path):
+    a = train.run(TINY, tmp_path / "a", quiet=True)
+    b = train.run(TINY, tmp_path / "b", quiet=True)
+    assert a["params_digest"] == b["params_digest"]
+    assert len(a["params_digest"]) == 2 and a["params_digest"][0] != a["params_digest"][1]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in a["params_digest"])
+    lines_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("sps", "wall_s")}
+    assert [strip(json.loads(x)) for x in lines_a] == [strip(json.loads(x)) for x in lines_b]
+    records = [json.loads(x) for x in lines_a]
+    assert [r["env_steps"] for r in records] == [600, 1000, 1400, 1800, 2000]
+    for key in ("env_steps", "sps", "train_return", "loss", "epsilon"):
+        assert key in records[0]
+    assert len(records[0]["loss"]) == 2
+    assert "eval_return" in records[1] and "eval_return" in records[-1]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    for key in (
+        "env",
+        "num_seeds",
+        "env_steps_per_seed",
+        "wall_s",
+        "compile_s",
+        "sps",
+        "eval_return_per_seed",
+        "params_digest",
+    ):
+        assert key in summary
+    assert summary["env_steps_per_seed"] == 2000 and summary["num_seeds"] == 2
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert dqnx.Config.from_dict(config) == TINY.replace(workdir=str(tmp_path / "a"))
+
+
+def test_cartpole_learns(tmp_path):
+    """A fixed seed and a small budget: greedy return must clear 150 (random: ~20)."""
+    flags = ROOT / "experiments" / "configs" / "cartpole.flags"
+    from absl import flags as absl_flags
+
+    from dqnx import flags as dqnx_flags
+
+    fv = absl_flags.FlagValues()
+    dqnx_flags.define_flags(fv)
+    fv([sys.argv[0], f"--flagfile={flags}", "--total_steps=60000", "--eval_every=0"])
+    config = dqnx_flags.config_from_flags(fv).replace(num_seeds=1, seed=0)
+    summary = train.run(config, tmp_path / "cp", quiet=True)
+    assert summary["eval_return_mean"] >= 150, summary["eval_return_per_seed"]
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "cli"
+    r = _cli(
+        f"--flagfile={ROOT / 'experiments/configs/cartpole.flags'}",
+        f"--workdir={out}",
+        "--total_steps=3000",
+        "--learning_starts=500",
+        "--log_every=1000",
+        "--buffer_size=2000",
+        "--hidden_sizes=16",
+        "--num_seeds=2",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "steps" in r.stdout and "sps" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_seeds"] == 2 and len(summary["params_digest"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--env_name=CartPol-v1"], "did you mean CartPole-v1"),
+        (["--batch_size=512", "--buffer_size=100"], "exceeds --buffer_size"),
+        (["--gamma=1.5"], "--gamma must be in [0, 1]"),
+        (["--no_such_flag=1"], "no_such_flag"),
+        (["--flagfile=/nonexistent.flags"], "nonexistent"),
+        (["--learning_rate=0"], "learning_rate"),
+    ],
+)
+def test_cli_bad_input(tmp_path, args, message):
+    r = _cli(*args, f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_readme_library_example():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- library-example -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README lost its library example"
+    namespace = {}
+    exec(compile(m.group(1), "README.md", "exec"), namespace)
+    assert np.isfinite(np.asarray(namespace["returns"])).all()
