@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx import parallel
 from dqnx.envs import Env
 from dqnx.exploration import epsilon_greedy
 from dqnx.types import ActorState, EpisodeStats, Transition
@@ -41,14 +42,20 @@ def episode_stats(steps) -> EpisodeStats:
     )
 
 
-def make_actor(env: Env, network: nn.Module, num_envs: int) -> Actor:
-    """Builds the batched actor over ``num_envs`` copies of ``env``."""
+def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | None = None) -> Actor:
+    """Builds the batched actor over ``num_envs`` copies of ``env``.
+
+    With ``axis_name`` (data-parallel actors), the carried key is the same on
+    every device of that axis and each device folds its index into the keys
+    it acts and resets with, so its environments are its own.
+    """
     num_actions = env.spec.num_actions
     batch_reset = jax.vmap(env.reset)
     batch_step = jax.vmap(env.step)
 
     def init(key) -> ActorState:
         key, k_reset = jax.random.split(key)
+        k_reset = parallel.shard_key(k_reset, axis_name)
         obs, env_state = batch_reset(jax.random.split(k_reset, num_envs))
         return ActorState(obs, env_state, key)
 
@@ -61,6 +68,8 @@ def make_actor(env: Env, network: nn.Module, num_envs: int) -> Actor:
     def rollout(params, state: ActorState, epsilon, num_steps: int):
         def one_step(carry: ActorState, _):
             key, k_act, k_env = jax.random.split(carry.key, 3)
+            k_act = parallel.shard_key(k_act, axis_name)
+            k_env = parallel.shard_key(k_env, axis_name)
             action = act(params, carry.obs, epsilon, k_act)
             env_state, step = batch_step(jax.random.split(k_env, num_envs), carry.env_state, action)
             transition = Transition(carry.obs, action, step.reward, step.next_obs, step.terminated)

@@ -36,6 +36,7 @@ class Config:
       buffer_size: replay capacity in transitions, per seed.
       batch_size: transitions per learner update, per seed.
       learning_rate: Adam step size.
+      anneal_lr: decay the step size linearly to 0 over the run's learner updates.
       adam_eps: Adam epsilon.
       max_grad_norm: global-norm gradient clipping (0 disables it).
       gamma: discount factor in [0, 1].
@@ -71,6 +72,7 @@ class Config:
     buffer_size: int = 50_000
     batch_size: int = 64
     learning_rate: float = 3e-4
+    anneal_lr: bool = False
     adam_eps: float = 1e-8
     max_grad_norm: float = 10.0
     gamma: float = 0.99
@@ -113,6 +115,10 @@ class Config:
         """Learning iterations after prefill (rounded up to whole iterations)."""
         remaining = max(0, self.total_steps - self.prefill_iterations * self.steps_per_iteration)
         return -(-remaining // self.steps_per_iteration)
+
+    @property
+    def total_updates(self) -> int:
+        return self.train_iterations * self.updates_per_iteration
 
     @property
     def replay_ratio(self) -> float:

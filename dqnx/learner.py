@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
@@ -27,8 +28,16 @@ class Learner(NamedTuple):
     update: Callable[[LearnerState, Transition], tuple[LearnerState, dict]]
 
 
-def make_optimizer(learning_rate: float, adam_eps: float = 1e-8, max_grad_norm: float = 0.0):
-    """Adam, after global-norm clipping when ``max_grad_norm > 0``."""
+def make_optimizer(
+    learning_rate: float,
+    adam_eps: float = 1e-8,
+    max_grad_norm: float = 0.0,
+    anneal_steps: int = 0,
+):
+    """Adam, after global-norm clipping when ``max_grad_norm > 0``; with
+    ``anneal_steps > 0`` the step size decays linearly to 0 over that many updates."""
+    if anneal_steps > 0:
+        learning_rate = optax.linear_schedule(learning_rate, 0.0, anneal_steps)
     adam = optax.adam(learning_rate, eps=adam_eps)
     if max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
@@ -112,8 +121,9 @@ def make_learner(
     def update(state: LearnerState, batch: Transition):
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.target_params, batch)
         if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
-            metrics = jax.lax.pmean(metrics, axis_name)
+            # One all-reduce of one flat vector: collectives have a fixed cost each.
+            flat, unravel = jax.flatten_util.ravel_pytree((grads, metrics))
+            grads, metrics = unravel(jax.lax.pmean(flat, axis_name))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         num_updates = state.num_updates + 1
@@ -134,7 +144,12 @@ def learner_from_config(config: Config, network: nn.Module, axis_name: str | Non
     """The learner a ``Config`` describes."""
     return make_learner(
         network,
-        make_optimizer(config.learning_rate, config.adam_eps, config.max_grad_norm),
+        make_optimizer(
+            config.learning_rate,
+            config.adam_eps,
+            config.max_grad_norm,
+            config.total_updates if config.anneal_lr else 0,
+        ),
         gamma=config.gamma,
         double_q=config.double_q,
         loss=config.loss,

@@ -1,22 +1,50 @@
 """The only module that knows about devices.
 
-Independent seeds are spread over devices: a run of S seeds on D devices puts
-S / D whole seeds on each device (``shard_map`` over a 1-D ``"seeds"`` mesh),
-with no communication at all. On a CPU host, each XLA CPU device runs on its
-own thread, so exposing one device per core (``use_all_cpu_cores``) is what
-lets a sweep use every core.
+Devices form a 2-D mesh ``(seeds, data)``:
+
+* ``seeds``: independent runs are spread over devices; a device holds whole
+  seeds and never talks to the others about them.
+* ``data``: one seed's actors, replay and batch are split over devices (each
+  device steps ``num_envs / D`` environments into its own replay shard and
+  samples ``batch_size / D`` transitions); gradients are averaged with
+  ``lax.pmean`` so the parameters stay identical (Ape-X-style sharded replay).
+
+Config sizes (``num_envs``, ``batch_size``, ``buffer_size``) are per seed,
+whatever the layout: the algorithm is the same on 1 device or 8.
+
+On a CPU host each XLA CPU device runs on its own thread, so exposing one
+device per core (``use_all_cpu_cores``) is what lets a run use every core.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from typing import NamedTuple
 
 import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 SEEDS = "seeds"
+DATA = "data"
+
+
+class Layout(NamedTuple):
+    """How a run is spread: ``seeds`` x ``data`` devices."""
+
+    seeds: int = 1
+    data: int = 1
+
+    @property
+    def num_devices(self) -> int:
+        return self.seeds * self.data
+
+    @property
+    def data_axis(self) -> str | None:
+        """Name of the gradient-averaging axis, None on a single data shard."""
+        return DATA if self.data > 1 else None
 
 
 def use_all_cpu_cores(count: int | None = None) -> None:
@@ -39,48 +67,64 @@ def host_device_count_flag() -> int | None:
     return int(m.group(1)) if m else None
 
 
-def seed_shards(num_seeds: int, num_devices: int = 0) -> int:
-    """Devices to spread ``num_seeds`` over.
+def data_divisors(num_envs: int, batch_size: int, buffer_size: int) -> int:
+    """The largest count every per-seed size can be split over evenly."""
+    return math.gcd(num_envs, batch_size, buffer_size)
+
+
+def choose_layout(
+    num_seeds: int, num_devices: int, num_envs: int, batch_size: int, buffer_size: int
+) -> Layout:
+    """Spreads seeds first, then splits each seed's data over what is left.
 
     Args:
       num_seeds: seeds in the run.
-      num_devices: requested devices (0 = as many local devices as divide
-        ``num_seeds`` evenly).
+      num_devices: devices to use (0 = all local devices). With 0, devices that
+        cannot be used evenly are left idle; an explicit count must fit.
+      num_envs, batch_size, buffer_size: per-seed sizes to split over ``data``.
 
     Returns:
-      The device count D, a divisor of ``num_seeds``.
+      The ``Layout``. Raises ValueError when an explicit ``num_devices`` does
+      not fit.
     """
     available = jax.local_device_count()
-    if num_devices:
-        if num_devices > available:
-            raise ValueError(f"--num_devices={num_devices} but only {available} local device(s)")
-        if num_seeds % num_devices:
+    total = num_devices or available
+    if total > available:
+        raise ValueError(f"--num_devices={num_devices} but only {available} local device(s)")
+    seeds = math.gcd(num_seeds, total)
+    data = total // seeds
+    fit = data_divisors(num_envs, batch_size, buffer_size)
+    if fit % data:
+        if num_devices:
             raise ValueError(
-                f"--num_seeds={num_seeds} is not divisible by --num_devices={num_devices}"
+                f"--num_devices={num_devices} splits each seed over {data} devices, but "
+                f"--num_envs={num_envs}, --batch_size={batch_size} and "
+                f"--buffer_size={buffer_size} are not all divisible by {data}"
             )
-        return num_devices
-    return max(d for d in range(1, min(available, num_seeds) + 1) if num_seeds % d == 0)
+        data = max(d for d in range(1, data + 1) if fit % d == 0 and (total // seeds) % d == 0)
+    return Layout(seeds, data)
 
 
-def make_mesh(num_shards: int) -> Mesh:
-    return Mesh(jax.local_devices()[:num_shards], (SEEDS,))
+def make_mesh(layout: Layout) -> Mesh:
+    devices = jax.local_devices()[: layout.num_devices]
+    import numpy as np
+
+    return Mesh(np.array(devices).reshape(layout.seeds, layout.data), (SEEDS, DATA))
 
 
-def specs_from_axes(axes, tree=None):
-    """PartitionSpecs from a vmap-axes pytree: 0 -> split over seeds, None -> replicated."""
-    return jax.tree.map(
-        lambda a: P(SEEDS) if a == 0 else P(),
-        axes,
-        is_leaf=lambda x: x is None or isinstance(x, int),
-    )
+def shard_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+    """A key of this data shard's own (the key itself without data sharding)."""
+    if axis_name is None:
+        return key
+    return jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
 
 def shardings(mesh: Mesh, specs):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def over_seeds(fn, mesh: Mesh, in_specs, out_specs):
-    """``fn`` run on each device's own seeds (``shard_map``; no communication)."""
+def spmd(fn, mesh: Mesh, in_specs, out_specs):
+    """``fn`` run on every device of ``mesh`` (``shard_map``), each on its own shard."""
     if mesh.size == 1:
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

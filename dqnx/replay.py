@@ -39,17 +39,22 @@ class UniformReplay(NamedTuple):
     sample: Callable[[ReplayState, jax.Array, int], tuple[Any, jax.Array]]
 
 
-def uniform_replay(capacity: int) -> UniformReplay:
+def uniform_replay(capacity: int, add_batch_size: int | None = None) -> UniformReplay:
     """A uniform FIFO replay buffer of ``capacity`` items.
 
     Args:
       capacity: number of items kept; the oldest are overwritten first.
+      add_batch_size: if every ``add`` brings exactly this many items and it
+        divides ``capacity``, writes never straddle the end of the buffer and
+        each ``add`` is one in-place slice update (else a wrapping scatter).
+        ``add`` then rejects other sizes.
 
     Returns:
       ``UniformReplay`` of pure functions. ``sample`` needs ``size >= 1``.
     """
     if capacity <= 0:
         raise ValueError(f"capacity must be positive, got {capacity}")
+    aligned = add_batch_size is not None and capacity % add_batch_size == 0
 
     def init(item) -> ReplayState:
         data = jax.tree.map(
@@ -64,29 +69,20 @@ def uniform_replay(capacity: int) -> UniformReplay:
             raise ValueError("all leaves of the added items need the same leading size")
         if n > capacity:
             raise ValueError(f"cannot add {n} items to a buffer of capacity {capacity}")
-        idx = (state.pos + jnp.arange(n)) % capacity
-
-        def scatter():
-            return jax.tree.map(lambda b, x: b.at[idx].set(x.astype(b.dtype)), state.data, items)
-
-        def slice_update():
-            return jax.tree.map(
+        if add_batch_size is not None and n != add_batch_size:
+            raise ValueError(f"this buffer adds {add_batch_size} items at a time, got {n}")
+        if aligned or n == 1:
+            # pos is a multiple of n: the write never wraps.
+            data = jax.tree.map(
                 lambda b, x: jax.lax.dynamic_update_slice(
                     b, x.astype(b.dtype), (state.pos,) + (0,) * (b.ndim - 1)
                 ),
                 state.data,
                 items,
             )
-
-        if n == 1:
-            data = slice_update()
-        elif capacity % n == 0:
-            # When every add has n items, pos stays a multiple of n and a write
-            # never straddles the end: one in-place slice update. Mixed add
-            # sizes can misalign pos; those writes take the wrapping scatter.
-            data = jax.lax.cond(state.pos % n == 0, slice_update, scatter)
         else:
-            data = scatter()
+            idx = (state.pos + jnp.arange(n)) % capacity
+            data = jax.tree.map(lambda b, x: b.at[idx].set(x.astype(b.dtype)), state.data, items)
         pos = (state.pos + n) % capacity
         size = jnp.minimum(state.size + n, capacity)
         return ReplayState(data, pos.astype(jnp.int32), size.astype(jnp.int32))

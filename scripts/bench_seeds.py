@@ -34,7 +34,7 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 def measure(config, chunks):
     t0 = time.perf_counter()
-    programs = train.compile_train(train.make_train(config))
+    programs = train.compile_train(train.make_train(config, layout=train.choose_layout(config)))
     compile_s = time.perf_counter() - t0
     state, _ = programs.prefill(programs.initial_state)
     state, m = programs.chunk(state)
@@ -47,7 +47,7 @@ def measure(config, chunks):
     steps = chunks * config.iterations_per_chunk * config.steps_per_iteration * config.num_seeds
     return {
         "num_seeds": config.num_seeds,
-        "devices": programs.num_shards,
+        "layout": list(programs.layout),
         "compile_s": round(compile_s, 2),
         "timed_env_steps": steps,
         "timed_s": round(dt, 3),
@@ -71,14 +71,14 @@ def main(argv):
         f"# {info['config']} on {info['backend']} ({info['cores']} cores, "
         f"{len(info['devices'])} device(s)), jax {info['jax']}"
     )
-    print(f"{'seeds':>6} {'devices':>8} {'compile_s':>10} {'steps/s':>12}")
+    print(f"{'seeds':>6} {'seeds x data':>13} {'compile_s':>10} {'steps/s':>12}")
     rows = []
     for s in flags.FLAGS.seeds:
         row = measure(base.replace(num_seeds=int(s)).validate(), flags.FLAGS.chunks)
         rows.append(row)
+        layout = "x".join(map(str, row["layout"]))
         print(
-            f"{row['num_seeds']:>6} {row['devices']:>8} {row['compile_s']:>10.2f} "
-            f"{row['sps']:>12,.0f}",
+            f"{row['num_seeds']:>6} {layout:>13} {row['compile_s']:>10.2f} {row['sps']:>12,.0f}",
             flush=True,
         )
     if flags.FLAGS.out:

@@ -114,3 +114,15 @@ def test_actor_stores_true_final_observation():
     assert not terminated[2].any()  # step 3 is a truncation, never a termination
     assert not np.allclose(next_obs[2], obs[3])  # final obs kept, then reset
     assert int(stats.count) == 2 and float(stats.return_sum) == 6.0
+
+
+def test_annealed_learning_rate_reaches_zero():
+    opt = learner.make_optimizer(1.0, anneal_steps=4)
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    sizes = []
+    for _ in range(5):
+        updates, state = opt.update({"w": jnp.ones(())}, state, params)
+        sizes.append(abs(float(updates["w"])))
+    # Adam's first steps have magnitude ~lr; lr goes 1, 0.75, 0.5, 0.25, 0
+    np.testing.assert_allclose(sizes, [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-4)

@@ -36,8 +36,9 @@ def test_dtype_kept_and_shapes():
 
 
 @pytest.mark.parametrize("capacity,n", [(10, 3), (12, 4), (7, 7), (10, 1)])
-def test_wraparound_keeps_newest(capacity, n):
-    buf = replay.uniform_replay(capacity)
+@pytest.mark.parametrize("declare_size", [False, True])
+def test_wraparound_keeps_newest(capacity, n, declare_size):
+    buf = replay.uniform_replay(capacity, add_batch_size=n if declare_size else None)
     state = buf.init({"id": jnp.int32(0), "x": jnp.zeros(3)})
     add = jax.jit(buf.add)
     total = 0
@@ -103,6 +104,12 @@ def test_seed_vmap_shares_position():
     ids = np.asarray(state.data["id"])
     for s in range(3):
         np.testing.assert_array_equal(ids[s], 100 * s + np.array([2, 3, 2, 3, 0, 1]))
+
+
+def test_declared_add_size_is_enforced():
+    buf = replay.uniform_replay(8, add_batch_size=4)
+    with pytest.raises(ValueError, match="adds 4 items"):
+        buf.add(buf.init({"id": jnp.int32(0), "x": jnp.zeros(3)}), numbered(0, 3))
 
 
 def test_rejects_oversized_add():
