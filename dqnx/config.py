@@ -56,9 +56,14 @@ class Config:
       eval_episodes: episodes per evaluation, run in parallel on device.
       eval_epsilon: exploration rate during evaluation.
       log_every: env steps per compiled chunk (one log line per chunk).
-      checkpoint_every: env steps between checkpoints (0 = none).
+      checkpoint_every: env steps between checkpoints (0 = only at the end).
       keep_checkpoints: how many recent checkpoints to keep.
-      workdir: output directory ("" = runs/<env>-<timestamp>).
+      workdir: output directory ("" = runs/<env>-<timestamp>); a workdir holding a
+        checkpoint is resumed from it.
+      allow_config_change: resume even if result-changing flags differ from the
+        checkpoint's.
+      tensorboard: write TensorBoard event files to <workdir>/tensorboard.
+      wandb_project: also log to this Weights & Biases project (needs wandb).
     """
 
     env_name: str = "CartPole-v1"
@@ -92,9 +97,12 @@ class Config:
     eval_episodes: int = 10
     eval_epsilon: float = 0.0
     log_every: int = 25_000
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
     workdir: str = ""
+    allow_config_change: bool = False
+    tensorboard: bool = True
+    wandb_project: str = ""
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -224,17 +232,59 @@ class Config:
                 f"--total_steps={self.total_steps}: nothing would be learned"
             )
         if self.num_devices:
+            import math
+
             import jax
 
-            available = jax.local_device_count()
+            available = jax.device_count()
             if self.num_devices > available:
-                fail(f"--num_devices={self.num_devices} but only {available} local device(s)")
-            if self.num_seeds % self.num_devices:
-                fail(
-                    f"--num_seeds={self.num_seeds} is not divisible by "
-                    f"--num_devices={self.num_devices}"
-                )
+                fail(f"--num_devices={self.num_devices} but only {available} device(s)")
+            data = self.num_devices // math.gcd(self.num_seeds, self.num_devices)
+            for name in ("num_envs", "batch_size", "buffer_size"):
+                if getattr(self, name) % data:
+                    fail(
+                        f"--num_devices={self.num_devices} splits each of the "
+                        f"{self.num_seeds} seed(s) over {data} devices, but --{name}="
+                        f"{getattr(self, name)} is not divisible by {data}"
+                    )
+        self._check_replay_fits(envs.make(self.env_name).spec)
         return self
+
+    def replay_bytes(self, obs_shape, obs_dtype) -> int:
+        """Device bytes of all seeds' replay buffers (obs, next_obs, action, reward, done)."""
+        import numpy as np
+
+        obs = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+        return self.num_seeds * self.buffer_size * (2 * obs + 4 + 4 + 1)
+
+    def _check_replay_fits(self, spec) -> None:
+        """Estimates the replay's bytes before anything is allocated."""
+        need = self.replay_bytes(spec.obs_shape, spec.obs_dtype)
+        have = device_memory_bytes()
+        if have and need > 0.8 * have:
+            raise ConfigError(
+                f"the replay buffers need {need / 2**30:.1f} GiB ({self.num_seeds} seed(s) x "
+                f"--buffer_size={self.buffer_size}) but the devices have "
+                f"{have / 2**30:.1f} GiB; lower --buffer_size or --num_seeds"
+            )
+
+
+def device_memory_bytes() -> int | None:
+    """Memory the run's devices can hold: the accelerators' limits, or the host's
+    available RAM for CPU devices (None if unknown)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.local_devices()]
+        return sum(limits) if limits and all(limits) else None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def suggest(name: str, choices) -> str:

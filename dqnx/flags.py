@@ -96,9 +96,19 @@ def main(argv: list[str]) -> int:
 
     if not config.workdir:
         config = config.replace(workdir=train.default_workdir(_run_name(argv) or config.env_name))
+    from dqnx.checkpoint import CheckpointError
+
     try:
         train.run(config)
+    except train.Interrupted as e:
+        return e.exit_code
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except train.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted without a checkpoint", file=sys.stderr)
         return 130
     return 0

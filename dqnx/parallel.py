@@ -128,3 +128,18 @@ def spmd(fn, mesh: Mesh, in_specs, out_specs):
     if mesh.size == 1:
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def is_main_process() -> bool:
+    """True on the process that logs and writes metric files (process 0)."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True if ``flag`` is True on any process (all processes must call it together)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))

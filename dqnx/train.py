@@ -68,6 +68,8 @@ class ChunkMetrics(NamedTuple):
     episodes: EpisodeStats
     loss_sum: jax.Array
     q_sum: jax.Array
+    first_nonfinite: jax.Array  # int32 [S]: env step of the first non-finite loss, or -1
+    params_finite: jax.Array  # bool [S]: every online parameter finite at the chunk's end
     num_updates: jax.Array  # int32 [] (not per seed)
 
 
@@ -220,12 +222,22 @@ def make_train(
                 state, stats, metrics = iteration(state)
                 return state, (stats, metrics)
 
+            start = state.env_steps
             state, (stats, metrics) = jax.lax.scan(body, state, None, length=num_iterations)
             total = jax.tree.map(lambda x: x.sum(0), (stats, metrics))
+            # [n, S] losses -> env step of each seed's first non-finite one (or -1).
+            steps = start + steps_per_iteration * (1 + jnp.arange(num_iterations))
+            bad = ~jnp.isfinite(metrics["loss"])
+            first = jnp.where(bad.any(0), steps[jnp.argmax(bad, axis=0)], -1)
+            finite = jax.vmap(
+                lambda p: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(p)]))
+            )(state.learner.params)
             return state, ChunkMetrics(
                 episodes=total[0],
                 loss_sum=total[1]["loss"],
                 q_sum=total[1]["q_mean"],
+                first_nonfinite=first.astype(jnp.int32),
+                params_finite=finite,
                 num_updates=jnp.int32(num_iterations * config.updates_per_iteration),
             )
 
@@ -324,7 +336,7 @@ def compile_train(fns: TrainFns) -> Compiled:
     mesh = parallel.make_mesh(fns.layout)
     specs = state_specs()
     per_seed = P(parallel.SEEDS)
-    metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, P())
+    metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, P())
 
     keys = jax.device_put(seed_keys(fns.config), parallel.shardings(mesh, per_seed))
     init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
@@ -370,100 +382,315 @@ def choose_layout(config: Config) -> parallel.Layout:
     )
 
 
+# Fields that change what a run computes; resuming with any of them changed is an
+# error (unless --allow_config_change). The rest only change I/O and reporting.
+RESULT_NEUTRAL_FIELDS = frozenset(
+    {
+        "workdir",
+        "log_every",
+        "eval_every",
+        "eval_episodes",
+        "eval_epsilon",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "num_devices",
+        "total_steps",
+        "allow_config_change",
+        "tensorboard",
+        "wandb_project",
+    }
+)
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was written. ``exit_code`` is 0 or 130."""
+
+    def __init__(self, signum: int, env_steps: int):
+        import signal
+
+        self.signum, self.env_steps = signum, env_steps
+        self.exit_code = 0 if signum == signal.SIGTERM else 130
+        super().__init__(f"{signal.Signals(signum).name} at env step {env_steps}")
+
+
+class Diverged(RuntimeError):
+    """A loss or a parameter became NaN/inf."""
+
+
+def config_drift(saved: dict, config: Config) -> list[str]:
+    """Result-changing fields whose value differs between ``saved`` and ``config``."""
+    neutral = set(RESULT_NEUTRAL_FIELDS)
+    if config.anneal_lr:
+        neutral.discard("total_steps")  # the learning-rate schedule depends on it
+    current = config.to_dict()
+    return sorted(k for k in current if k not in neutral and saved.get(k) != current[k])
+
+
+class _SignalFlag:
+    """Records SIGTERM/SIGINT instead of dying mid-chunk; a second Ctrl-C
+    interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _truncate_metrics(workdir, env_steps: int) -> None:
+    """Drops metric lines/rows past ``env_steps`` (resuming re-creates them)."""
+    import csv
+    import json
+
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["env_steps"] <= env_steps:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut by a crash ends the readable part
+        path.write_text("".join(keep))
+    path = workdir / "metrics.csv"
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            col = rows[0].index("env_steps") if "env_steps" in rows[0] else 0
+            body = []
+            for r in rows[1:]:
+                try:
+                    if len(r) == len(rows[0]) and int(r[col]) <= env_steps:
+                        body.append(r)
+                except ValueError:
+                    pass
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows([rows[0], *body])
+
+
 def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> dict:
     """Trains as ``config`` says and writes the command-line contract's files.
 
-    Writes ``config.json``, ``metrics.jsonl`` (one object per chunk) and
-    ``summary.json`` to ``workdir``. Returns the summary dict.
+    Writes ``config.json``, ``metrics.jsonl`` (one object per chunk),
+    checkpoints under ``checkpoints/`` and ``summary.json`` to ``workdir``.
+    If ``workdir`` already holds a checkpoint, continues from the newest one,
+    bit for bit as if never stopped.
+
+    Raises:
+      ConfigError: bad config, or resuming with result-changing flags changed.
+      checkpoint.CheckpointError: the checkpoint to resume from is unusable.
+      Interrupted: SIGTERM/SIGINT; a checkpoint was written first.
+      Diverged: NaN/inf in a loss or the parameters (nothing saved past the
+        last good checkpoint).
+
+    Returns the summary dict.
     """
     import time
     from pathlib import Path
 
     import numpy as np
 
+    from dqnx import checkpoint as ckpt_lib
     from dqnx import logging as dlog
+    from dqnx.config import ConfigError
 
     config = config.validate()
     workdir = Path(workdir or config.workdir or default_workdir(config.env_name))
     config = config.replace(workdir=str(workdir))
-    say = (lambda _: None) if quiet else dlog.print_line
+    is_main = jax.process_index() == 0
+    say = (lambda _: None) if (quiet or not is_main) else dlog.print_line
 
     t_start = time.perf_counter()
+    # Resume check before compiling: config drift is a user mistake, not a trace.
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+        saved = checkpointer.read_meta(resume_step)["config"]
+        drift = config_drift(saved, config)
+        if drift and not config.allow_config_change:
+            checkpointer.close()
+            changes = ", ".join(
+                f"--{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in drift
+            )
+            raise ConfigError(
+                f"{workdir} holds a run with other settings: {changes}; rerun with the original "
+                "flags, pick a new --workdir, or pass --allow_config_change"
+            )
+
+    dlog.require_outputs(tensorboard=config.tensorboard, wandb_project=config.wandb_project)
+
     fns = make_train(config, layout=choose_layout(config))
     programs = compile_train(fns)
     compile_s = programs.compile_s
     state = programs.initial_state
     prefill_c, chunk_c, eval_c = programs.prefill, programs.chunk, programs.evaluate
+    spi = config.steps_per_iteration
+    prefill_steps = config.prefill_iterations * spi
+    seeds = config.num_seeds
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    dlog.write_json(workdir / "config.json", config.to_dict())
-    writer = dlog.JsonlWriter(workdir / "metrics.jsonl")
+    def save(state, env_steps):
+        t0 = time.perf_counter()
+        meta = {"config": config.to_dict(), "layout": list(programs.layout)}
+        checkpointer.save(env_steps, state, meta)
+        return time.perf_counter() - t0
+
+    if resume_step is not None:
+        state, _ = checkpointer.restore(state, resume_step)
+        env_steps = resume_step
+        if (env_steps - prefill_steps) % spi or env_steps < prefill_steps:
+            raise ckpt_lib.CheckpointError(
+                f"checkpoint step {env_steps} is not an iteration boundary of this config"
+            )
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        dlog.write_json(workdir / "config.json", config.to_dict())
+        if resume_step is None:
+            dlog.remove_outputs(workdir)
+        else:
+            _truncate_metrics(workdir, resume_step)
+    writer = dlog.MetricWriters(
+        workdir,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        config=config.to_dict(),
+        resume_step=resume_step,
+        is_main_process=is_main,
+    )
+    where = f"{programs.layout.seeds}x{programs.layout.data} device(s)"
+    if jax.process_count() > 1:
+        where += f" over {jax.process_count()} processes"
+    resumed = "" if resume_step is None else f", resumed at env step {resume_step:,d}"
     say(
-        f"dqnx: {config.env_name}, {config.num_seeds} seed(s), {config.total_steps:,d} "
-        f"env steps per seed on {programs.layout.seeds}x{programs.layout.data} device(s) -> "
-        f"{workdir} "
-        f"(compiled in {compile_s:.1f}s)"
+        f"dqnx: {config.env_name}, {seeds} seed(s), {config.total_steps:,d} env steps per seed "
+        f"on {where} -> {workdir} (compiled in {compile_s:.1f}s{resumed})"
     )
 
-    spi = config.steps_per_iteration
-    seeds = config.num_seeds
     train_s = 0.0
     eval_total_s = 0.0
+    checkpoint_s = []
     last_eval = None
+    last_saved = resume_step
+    steps_this_process = 0
 
-    t0 = time.perf_counter()
-    state, _ = prefill_c(state)
-    env_steps = int(jax.device_get(state.env_steps))
-    train_s += time.perf_counter() - t0
+    with _SignalFlag() as signals:
 
-    remaining = config.train_iterations
-    chunk_iters = config.iterations_per_chunk
-    tail_c = None
-    try:
-        while remaining > 0:
-            n = min(chunk_iters, remaining)
-            if n == chunk_iters:
-                step_fn = chunk_c
-            else:
-                if tail_c is None:
-                    tail_c, tail_s = programs.make_chunk(n)
-                    compile_s += tail_s
-                step_fn = tail_c
-            t0 = time.perf_counter()
-            state, m = step_fn(state)
-            m = jax.device_get(m)
-            dt = time.perf_counter() - t0
-            train_s += dt
-            remaining -= n
-            prev_steps, env_steps = env_steps, env_steps + n * spi
-            count = np.asarray(m.episodes.count)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                train_return = np.where(count > 0, m.episodes.return_sum / count, np.nan)
-            num_updates = max(int(m.num_updates), 1)
-            record = {
-                "env_steps": env_steps,
-                "sps": n * spi * seeds / dt,
-                "train_return": train_return,
-                "episodes": count,
-                "loss": np.asarray(m.loss_sum) / num_updates,
-                "q_mean": np.asarray(m.q_sum) / num_updates,
-                "epsilon": float(fns_epsilon(config, env_steps)),
-            }
-            every = config.eval_every
-            due = every and prev_steps // every < env_steps // every
-            if due or remaining == 0:
-                t_eval = time.perf_counter()
-                returns = np.asarray(jax.device_get(eval_c(state)))
-                eval_total_s += time.perf_counter() - t_eval
-                last_eval = returns.mean(axis=1)
-                record["eval_return"] = last_eval
-            record["wall_s"] = time.perf_counter() - t_start
-            writer.write(record)
-            sps_avg = env_steps * seeds / max(train_s, 1e-9)
-            eta = (config.total_steps - env_steps) * seeds / sps_avg
-            say(dlog.console_line(record, config.total_steps, eta))
-    finally:
-        writer.close()
+        def stop_if_signalled(state, env_steps):
+            if parallel.any_process(signals.received is not None):
+                signum = signals.received or __import__("signal").SIGTERM
+                if last_saved != env_steps:
+                    save(state, env_steps)
+                progress.write(
+                    f"dqnx: {__import__('signal').Signals(signum).name} at env step "
+                    f"{env_steps:,d}: checkpoint saved in {workdir / 'checkpoints'}, exiting"
+                )
+                raise Interrupted(signum, env_steps)
+
+        progress = dlog.Progress(
+            config.total_steps,
+            initial=resume_step or 0,
+            enabled=is_main and not quiet,
+        )
+        try:
+            if resume_step is None:
+                t0 = time.perf_counter()
+                state, _ = prefill_c(state)
+                env_steps = int(jax.device_get(state.env_steps))
+                train_s += time.perf_counter() - t0
+                steps_this_process += env_steps
+
+            remaining = config.train_iterations - (env_steps - prefill_steps) // spi
+            chunk_iters = config.iterations_per_chunk
+            tail_c = None
+            while remaining > 0:
+                stop_if_signalled(state, env_steps)
+                n = min(chunk_iters, remaining)
+                if n == chunk_iters:
+                    step_fn = chunk_c
+                else:
+                    if tail_c is None:
+                        tail_c, tail_s = programs.make_chunk(n)
+                        compile_s += tail_s
+                    step_fn = tail_c
+                t0 = time.perf_counter()
+                state, m = step_fn(state)
+                m = jax.device_get(m)
+                dt = time.perf_counter() - t0
+                train_s += dt
+                remaining -= n
+                prev_steps, env_steps = env_steps, env_steps + n * spi
+                steps_this_process += n * spi
+                count = np.asarray(m.episodes.count)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    train_return = np.where(count > 0, m.episodes.return_sum / count, np.nan)
+                num_updates = max(int(m.num_updates), 1)
+                record = {
+                    "env_steps": env_steps,
+                    "sps": n * spi * seeds / dt,
+                    "train_return": train_return,
+                    "episodes": count,
+                    "loss": np.asarray(m.loss_sum) / num_updates,
+                    "q_mean": np.asarray(m.q_sum) / num_updates,
+                    "epsilon": float(fns_epsilon(config, env_steps)),
+                }
+                bad = np.asarray(m.first_nonfinite) >= 0
+                bad |= ~np.asarray(m.params_finite)
+                if bad.any():
+                    record["wall_s"] = time.perf_counter() - t_start
+                    writer.write(record)
+                    seeds_bad = np.flatnonzero(bad).tolist()
+                    firsts = np.asarray(m.first_nonfinite)[bad]
+                    step = int(firsts[firsts >= 0].min()) if (firsts >= 0).any() else env_steps
+                    last = "none" if last_saved is None else f"env step {last_saved:,d}"
+                    raise Diverged(
+                        f"non-finite loss or parameters at env step {step:,d} in seed(s) "
+                        f"{seeds_bad}; stopped, last good checkpoint: {last} "
+                        f"({workdir / 'checkpoints'}); try a lower --learning_rate or "
+                        "--max_grad_norm"
+                    )
+                every = config.eval_every
+                due = every and prev_steps // every < env_steps // every
+                if due or remaining == 0:
+                    t_eval = time.perf_counter()
+                    returns = np.asarray(jax.device_get(eval_c(state)))
+                    eval_total_s += time.perf_counter() - t_eval
+                    last_eval = returns.mean(axis=1)
+                    record["eval_return"] = last_eval
+                every = config.checkpoint_every
+                if remaining == 0 or (every and prev_steps // every < env_steps // every):
+                    checkpoint_s.append(save(state, env_steps))
+                    last_saved = env_steps
+                record["wall_s"] = time.perf_counter() - t_start
+                writer.write(record)
+                sps_avg = steps_this_process * seeds / max(train_s, 1e-9)
+                progress.update(record, eta_s=(config.total_steps - env_steps) * seeds / sps_avg)
+            if last_eval is None:  # resumed at the very end: evaluate again
+                last_eval = np.asarray(jax.device_get(eval_c(state))).mean(axis=1)
+        finally:
+            progress.close()
+            writer.close()
+            checkpointer.close()
 
     summary = {
         "env": config.env_name,
@@ -473,12 +700,15 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
         "compile_s": compile_s,
         "train_s": train_s,
         "eval_s": eval_total_s,
-        "sps": env_steps * seeds / max(train_s, 1e-9),
+        "checkpoint_s": float(np.mean(checkpoint_s)) if checkpoint_s else None,
+        "sps": steps_this_process * seeds / max(train_s, 1e-9),
+        "resumed_from": resume_step,
         "eval_return_per_seed": last_eval,
         "eval_return_mean": float(np.mean(last_eval)),
         "params_digest": params_digests(state.learner.params),
     }
-    dlog.write_json(workdir / "summary.json", summary)
+    if is_main:
+        dlog.write_json(workdir / "summary.json", summary)
     say(
         f"done: eval return {summary['eval_return_mean']:.2f} (mean of {seeds} seed(s)), "
         f"{summary['sps'] / 1e3:.1f}k env steps/s, wall {summary['wall_s']:.1f}s, "

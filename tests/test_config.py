@@ -69,11 +69,17 @@ def test_dict_round_trip():
         ({"network": "resnet"}, "--network"),
         ({"num_envs": 64, "buffer_size": 32, "batch_size": 16, "learning_starts": 16}, "adds 64"),
         ({"learning_starts": 10**6}, "exceeds --total_steps"),
-        ({"num_seeds": 3, "num_devices": 2}, "not divisible"),
-        ({"num_devices": 64}, "local device"),
+        ({"num_seeds": 1, "num_devices": 2, "num_envs": 3}, "--num_envs=3 is not divisible by 2"),
+        ({"num_devices": 64}, "only 2 device"),
+        ({"buffer_size": 10**10, "num_seeds": 64}, "replay buffers need"),
         ({"hidden_sizes": (0,)}, "--hidden_sizes"),
     ],
 )
 def test_validation_messages(changes, message):
     with pytest.raises(ConfigError, match=message):
         dqnx.Config(**changes).validate()
+
+
+def test_seeds_over_devices_need_no_divisible_sizes():
+    # 2 seeds on 2 devices: whole seeds per device, nothing of a seed is split.
+    dqnx.Config(num_seeds=2, num_devices=2, num_envs=3).validate()

@@ -1,0 +1,291 @@
+"""Learning curves and a final-performance table for one or more dqnx runs.
+
+  python scripts/plot.py runs/cartpole-a runs/cartpole-b [--labels a,b] \
+      [--metric eval_return] [--out curves.png] [--table final.md]
+
+Each DIR is a run directory holding ``metrics.jsonl`` (and ``config.json``, for
+the default label). The plot shows env steps per seed (x) against the metric
+(y): the mean over seeds as a line and a 95% bootstrap confidence band over
+seeds. The table gives, per run, the metric at its last logged step: mean over
+seeds, interquartile mean (IQM; Agarwal et al., 2021, "Deep Reinforcement
+Learning at the Edge of the Statistical Precipice"), min, max and a 95%
+bootstrap CI of the mean. It is printed, and written as Markdown with --table.
+
+Needs matplotlib (``pip install -e .[plot]``); does not import JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+NUM_RESAMPLES = 2000
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+
+
+class Curve(NamedTuple):
+    """One run's metric over training.
+
+    Attributes:
+      label: legend/table name.
+      steps: env steps per seed at each logged point, increasing. [T]
+      values: the metric per point and seed, NaN where missing. [T, S]
+    """
+
+    label: str
+    steps: np.ndarray
+    values: np.ndarray
+
+
+class Summary(NamedTuple):
+    """Final performance of one run (the metric at its last logged step)."""
+
+    label: str
+    seeds: int
+    env_steps: int
+    mean: float
+    iqm: float
+    iqm_is_mean: bool
+    min: float
+    max: float
+    ci_low: float
+    ci_high: float
+
+
+# ---- statistics --------------------------------------------------------------
+
+
+def iqm(values) -> float:
+    """Interquartile mean: the mean of the middle 50% of the finite values.
+
+    Drops ``floor(n / 4)`` values from each end of the sorted values (as
+    ``scipy.stats.trim_mean(x, 0.25)`` and rliable do). With fewer than 4 values
+    nothing is dropped, so it equals the plain mean; see :func:`summarize`.
+    """
+    x = np.sort(_finite(values))
+    if x.size == 0:
+        return math.nan
+    k = x.size // 4
+    return float(x[k : x.size - k].mean())
+
+
+def bootstrap_ci(
+    values,
+    *,
+    num_resamples: int = NUM_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap confidence interval of the mean over seeds.
+
+    Resamples seeds (the last axis) with replacement, ``num_resamples`` times
+    with a fixed RNG, and takes the mean over the resampled seeds; each time
+    step shares the same resampled seed sets. NaNs are ignored in each mean.
+
+    Args:
+      values: per-seed values, [S] or [T, S].
+      num_resamples: bootstrap resamples.
+      confidence: coverage of the interval.
+      seed: seed of ``np.random.default_rng``.
+
+    Returns:
+      ``(low, high)``, each shaped like ``values`` without its last axis; NaN
+      where fewer than 2 seeds have a finite value (no spread to resample).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[-1]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(num_resamples, n))  # [R, S] resampled seed indices
+    weights = np.zeros((num_resamples, n))  # [R, S] times each seed was drawn
+    np.add.at(weights, (np.arange(num_resamples)[:, None], idx), 1.0)
+    finite = np.isfinite(x)
+    totals = np.where(finite, x, 0.0) @ weights.T  # [..., R]
+    counts = finite.astype(np.float64) @ weights.T  # [..., R]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, totals / counts, np.nan)
+    alpha = (1.0 - confidence) / 2
+    enough = finite.sum(-1) >= 2
+    means = np.where(enough[..., None], means, 0.0)
+    low, high = np.nanquantile(means, [alpha, 1.0 - alpha], axis=-1)
+    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
+
+
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def summarize(curve: Curve, **bootstrap_kwargs) -> Summary:
+    """The metric at the run's last logged step, summarized over seeds."""
+    last = curve.values[-1]
+    finite = _finite(last)
+    low, high = bootstrap_ci(last, **bootstrap_kwargs)
+    return Summary(
+        label=curve.label,
+        seeds=int(last.size),
+        env_steps=int(curve.steps[-1]),
+        mean=float(finite.mean()) if finite.size else math.nan,
+        iqm=iqm(last),
+        iqm_is_mean=finite.size < 4,
+        min=float(finite.min()) if finite.size else math.nan,
+        max=float(finite.max()) if finite.size else math.nan,
+        ci_low=float(low),
+        ci_high=float(high),
+    )
+
+
+# ---- loading -----------------------------------------------------------------
+
+
+def read_records(path: Path) -> list[dict]:
+    """The readable JSON lines of a ``metrics.jsonl`` (a line cut by a crash is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "env_steps" in record:
+            records.append(record)
+    return records
+
+
+def _per_seed(value) -> list[float]:
+    value = value if isinstance(value, list) else [value]
+    return [math.nan if v is None else float(v) for v in value]
+
+
+def load_curve(run_dir: Path, metric: str = "eval_return", label: str | None = None) -> Curve:
+    """Loads ``metric`` from ``run_dir/metrics.jsonl``, keeping only lines that have it.
+
+    A step logged twice (a restarted run) keeps its last line.
+
+    Raises:
+      ValueError: no metrics file, or no line with ``metric``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise ValueError(f"{run_dir} has no metrics.jsonl")
+    by_step = {
+        int(r["env_steps"]): _per_seed(r[metric])
+        for r in read_records(path)
+        if r.get(metric) is not None
+    }
+    if not by_step:
+        hint = " (try --metric train_return)" if metric == "eval_return" else ""
+        raise ValueError(f"no '{metric}' values in {path}{hint}")
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    width = max(len(v) for v in by_step.values())
+    values = np.full((steps.size, width), np.nan)
+    for i, step in enumerate(steps):
+        row = by_step[int(step)]
+        values[i, : len(row)] = row
+    return Curve(label or default_label(run_dir), steps, values)
+
+
+def default_label(run_dir: Path) -> str:
+    """The run directory's name, preceded by the env name if the name lacks it."""
+    run_dir = Path(run_dir)
+    name = run_dir.resolve().name
+    try:
+        env = json.loads((run_dir / "config.json").read_text()).get("env_name", "")
+    except (OSError, ValueError, AttributeError):
+        env = ""
+    return name if not env or env.lower() in name.lower() else f"{env} ({name})"
+
+
+# ---- output ------------------------------------------------------------------
+
+
+def _num(value: float, spec: str = ".2f") -> str:
+    return "-" if not math.isfinite(value) else format(value, spec)
+
+
+def format_table(summaries: list[Summary]) -> str:
+    """A Markdown table of final performance, one row per run."""
+    lines = [
+        "| run | seeds | env steps | final mean | IQM | min | max | 95% CI |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summaries:
+        iqm_text = _num(s.iqm) + (" (mean)" if s.iqm_is_mean else "")
+        ci = "-" if not math.isfinite(s.ci_low) else f"[{s.ci_low:.2f}, {s.ci_high:.2f}]"
+        lines.append(
+            f"| {s.label} | {s.seeds} | {s.env_steps:,d} | {_num(s.mean)} | {iqm_text} "
+            f"| {_num(s.min)} | {_num(s.max)} | {ci} |"
+        )
+    if any(s.iqm_is_mean for s in summaries):
+        lines += [
+            "",
+            "IQM (mean): fewer than 4 seeds, so nothing is trimmed; "
+            "a bootstrap CI over so few seeds is too narrow to trust.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: list[Curve], out: Path, *, metric: str, title: str = "") -> None:
+    """Draws mean-over-seeds lines with 95% bootstrap bands and saves a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for curve in curves:
+        with np.errstate(invalid="ignore"):
+            counts = np.isfinite(curve.values).sum(-1)
+            mean = np.where(counts > 0, np.nansum(curve.values, -1) / np.maximum(counts, 1), np.nan)
+        seeds = curve.values.shape[-1]
+        (line,) = ax.plot(curve.steps, mean, label=f"{curve.label} ({seeds} seeds)")
+        low, high = bootstrap_ci(curve.values)
+        band = np.isfinite(low) & np.isfinite(high)
+        ax.fill_between(curve.steps, low, high, where=band, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("env steps (per seed)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title or f"{metric.replace('_', ' ')}: mean over seeds, 95% bootstrap CI")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    fig.savefig(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    parser.add_argument("--labels", default="", help="comma-separated legend labels")
+    parser.add_argument("--metric", default="eval_return", help="per-seed metric to plot")
+    parser.add_argument("--table", type=Path, help="also write the table as Markdown here")
+    parser.add_argument("--title", default="", help="plot title")
+    args = parser.parse_args(argv)
+
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else []
+    if labels and len(labels) != len(args.dirs):
+        print(f"error: {len(labels)} labels for {len(args.dirs)} runs", file=sys.stderr)
+        return 2
+    try:
+        curves = [
+            load_curve(d, args.metric, labels[i] if labels else None)
+            for i, d in enumerate(args.dirs)
+        ]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = format_table([summarize(c) for c in curves])
+    print(table, end="")
+    if args.table:
+        args.table.write_text(table)
+    plot_curves(curves, args.out, metric=args.metric, title=args.title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

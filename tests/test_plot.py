@@ -1,0 +1,143 @@
+"""Tests for scripts/plot.py: IQM, bootstrap CI, loading runs, the table and the PNG."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+mpl_image = pytest.importorskip("matplotlib.image")
+
+_SPEC = importlib.util.spec_from_file_location(
+    "dqnx_plot", Path(__file__).resolve().parents[1] / "scripts" / "plot.py"
+)
+plot = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(plot)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_run(run_dir, env_name, eval_offset, seeds=3, chunks=6, eval_every=2, cut=False):
+    """A synthetic run: train_return every chunk, eval_return every ``eval_every`` chunks."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"env_name": env_name, "num_seeds": seeds}))
+    lines = []
+    for c in range(1, chunks + 1):
+        record = {
+            "env_steps": 1000 * c,
+            "sps": 5e4,
+            "train_return": [10.0 * c + s for s in range(seeds)],
+            "loss": [0.1] * seeds,
+            "epsilon": 0.1,
+        }
+        if c == 1:
+            record["train_return"][0] = None  # no episode finished in seed 0
+        if c % eval_every == 0:
+            record["eval_return"] = [eval_offset + 20.0 * c + 2 * s for s in range(seeds)]
+        lines.append(json.dumps(record))
+    text = "\n".join(lines) + "\n"
+    if cut:
+        text += '{"env_steps": 7000, "sps": 1'  # a line cut by a crash
+    (run_dir / "metrics.jsonl").write_text(text)
+    return run_dir
+
+
+def test_iqm_matches_hand_values():
+    x = np.array([9.0, 1.0, 5.0, 3.0, 7.0, 100.0, -50.0, 4.0])  # 8 values: drop 2 each end
+    assert plot.iqm(x) == pytest.approx(np.mean([3.0, 4.0, 5.0, 7.0]))
+    y = np.array([1.0, 2.0, 3.0, 4.0, 50.0])  # 5 values: drop 1 each end
+    assert plot.iqm(y) == pytest.approx(3.0)
+    assert plot.iqm([4.0, 1.0, 2.0, 3.0]) == pytest.approx(2.5)
+    assert plot.iqm([1.0, 2.0, 9.0]) == pytest.approx(4.0)  # < 4 seeds: the plain mean
+    assert plot.iqm([1.0, np.nan, 3.0]) == pytest.approx(2.0)
+    assert math.isnan(plot.iqm([np.nan]))
+
+
+def test_iqm_agrees_with_scipy_trim_mean():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for n in (4, 5, 7, 10, 33):
+        x = rng.normal(size=n)
+        assert plot.iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_bootstrap_ci_matches_explicit_resampling():
+    x = np.array([1.0, 4.0, 2.0, 8.0, 5.0])
+    low, high = plot.bootstrap_ci(x, num_resamples=500, confidence=0.9, seed=3)
+    idx = np.random.default_rng(3).integers(0, 5, size=(500, 5))
+    means = x[idx].mean(axis=1)
+    assert low == pytest.approx(np.quantile(means, 0.05))
+    assert high == pytest.approx(np.quantile(means, 0.95))
+    assert x.min() < low < x.mean() < high < x.max()
+
+
+def test_bootstrap_ci_over_time_and_with_missing_seeds():
+    x = np.array([[1.0, 2.0, 3.0], [np.nan, 4.0, 8.0], [np.nan, np.nan, 5.0]])
+    low, high = plot.bootstrap_ci(x, num_resamples=300, seed=0)
+    idx = np.random.default_rng(0).integers(0, 3, size=(300, 3))
+    ref = np.quantile(x[0][idx].mean(axis=1), [0.025, 0.975])
+    assert [low[0], high[0]] == pytest.approx(ref)
+    assert 4.0 <= low[1] <= high[1] <= 8.0  # NaN seeds ignored in every resample
+    assert math.isnan(low[2]) and math.isnan(high[2])  # one finite seed: no interval
+    again = plot.bootstrap_ci(x, num_resamples=300, seed=0)
+    np.testing.assert_array_equal(again[0], low)  # fixed seed: reproducible
+
+
+def test_load_curve_keeps_only_evaluated_lines(tmp_path):
+    run = _write_run(tmp_path / "a", "CartPole-v1", eval_offset=0.0, cut=True)
+    curve = plot.load_curve(run)
+    np.testing.assert_array_equal(curve.steps, [2000, 4000, 6000])
+    np.testing.assert_allclose(curve.values[:, 0], [40.0, 80.0, 120.0])
+    np.testing.assert_allclose(curve.values[-1], [120.0, 122.0, 124.0])
+    assert curve.label == "CartPole-v1 (a)"
+    train = plot.load_curve(run, "train_return", label="x")
+    assert train.values.shape == (6, 3) and train.label == "x"
+    assert math.isnan(train.values[0, 0])
+    with pytest.raises(ValueError, match="no 'q_mean' values"):
+        plot.load_curve(run, "q_mean")
+
+
+def test_summary_and_table(tmp_path):
+    run = _write_run(tmp_path / "CartPole-v1-1", "CartPole-v1", eval_offset=0.0)
+    summary = plot.summarize(plot.load_curve(run))
+    assert summary.label == "CartPole-v1-1"
+    assert (summary.seeds, summary.env_steps) == (3, 6000)
+    assert summary.mean == pytest.approx(122.0)
+    assert summary.iqm == pytest.approx(122.0) and summary.iqm_is_mean
+    assert (summary.min, summary.max) == (120.0, 124.0)
+    assert 120.0 <= summary.ci_low <= 122.0 <= summary.ci_high <= 124.0
+    table = plot.format_table([summary])
+    assert table.splitlines()[0].startswith("| run | seeds | env steps | final mean | IQM |")
+    assert "| CartPole-v1-1 | 3 | 6,000 | 122.00 | 122.00 (mean) | 120.00 | 124.00 |" in table
+    assert "fewer than 4 seeds" in table
+
+
+def test_main_writes_png_and_markdown_table(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", "CartPole-v1", eval_offset=0.0)
+    b = _write_run(tmp_path / "b", "CartPole-v1", eval_offset=50.0, eval_every=3, cut=True)
+    out, table = tmp_path / "curves.png", tmp_path / "final.md"
+    argv = [str(a), str(b), "--out", str(out), "--labels", "double,vanilla", "--table", str(table)]
+    assert plot.main(argv) == 0
+
+    data = out.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    image = mpl_image.imread(out)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    assert image[..., :3].std() > 0.01  # something was drawn
+    text = table.read_text()
+    assert "| double | 3 | 6,000 | 122.00 |" in text
+    assert "| vanilla | 3 | 6,000 | 172.00 |" in text
+    assert text in capsys.readouterr().out
+
+
+def test_main_reports_bad_input(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", "CartPole-v1", eval_offset=0.0)
+    assert plot.main([str(a), "--labels", "x,y", "--out", str(tmp_path / "p.png")]) == 2
+    assert plot.main([str(tmp_path / "missing"), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "2 labels for 1 runs" in err and "has no metrics.jsonl" in err
+    assert not (tmp_path / "p.png").exists()
