@@ -64,6 +64,10 @@ class Config:
         checkpoint's.
       tensorboard: write TensorBoard event files to <workdir>/tensorboard.
       wandb_project: also log to this Weights & Biases project (needs wandb).
+      coordinator_address: host:port of process 0 in a multi-process run (""
+        = single process, or detected on a Cloud TPU VM pod slice).
+      num_processes: processes in a multi-process run.
+      process_id: this process's index in a multi-process run.
     """
 
     env_name: str = "CartPole-v1"
@@ -103,6 +107,9 @@ class Config:
     allow_config_change: bool = False
     tensorboard: bool = True
     wandb_project: str = ""
+    coordinator_address: str = ""
+    num_processes: int = 1
+    process_id: int = 0
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -173,6 +180,7 @@ class Config:
             "eval_episodes",
             "log_every",
             "keep_checkpoints",
+            "num_processes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -185,12 +193,15 @@ class Config:
             "checkpoint_every",
             "seed",
             "num_devices",
+            "process_id",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 fail(f"--{name} must be a non-negative integer, got {value!r}")
         if self.total_steps >= 2**31 - self.steps_per_iteration * (self.iterations_per_chunk + 1):
             fail(f"--total_steps={self.total_steps} is too large (env steps are int32 counters)")
+        if self.coordinator_address and self.process_id >= self.num_processes:
+            fail(f"--process_id={self.process_id} must be < --num_processes={self.num_processes}")
         if not 0.0 <= self.gamma <= 1.0:
             fail(f"--gamma must be in [0, 1], got {self.gamma}")
         if not self.learning_rate > 0:

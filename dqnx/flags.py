@@ -88,7 +88,14 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        config = config_from_flags().validate()
+        config = config_from_flags()
+        from dqnx import parallel
+
+        # Joins the other processes before anything asks JAX for its devices.
+        parallel.initialize_distributed(
+            config.coordinator_address, config.num_processes, config.process_id
+        )
+        config = config.validate()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

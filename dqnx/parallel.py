@@ -87,10 +87,10 @@ def choose_layout(
       The ``Layout``. Raises ValueError when an explicit ``num_devices`` does
       not fit.
     """
-    available = jax.local_device_count()
+    available = jax.device_count()
     total = num_devices or available
     if total > available:
-        raise ValueError(f"--num_devices={num_devices} but only {available} local device(s)")
+        raise ValueError(f"--num_devices={num_devices} but only {available} device(s)")
     seeds = math.gcd(num_seeds, total)
     data = total // seeds
     fit = data_divisors(num_envs, batch_size, buffer_size)
@@ -106,9 +106,12 @@ def choose_layout(
 
 
 def make_mesh(layout: Layout) -> Mesh:
-    devices = jax.local_devices()[: layout.num_devices]
+    """The ``(seeds, data)`` mesh over the first ``layout.num_devices`` devices of
+    all processes (process-major, so a data group stays within a host when it can)."""
     import numpy as np
 
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    devices = devices[: layout.num_devices]
     return Mesh(np.array(devices).reshape(layout.seeds, layout.data), (SEEDS, DATA))
 
 
@@ -143,3 +146,46 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def to_host(tree):
+    """NumPy copies of (possibly multi-process, sharded) arrays, the same on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _on_multi_host_tpu() -> bool:
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts
+
+
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> bool:
+    """Joins a multi-process run (``jax.distributed.initialize``) before JAX starts.
+
+    With ``coordinator_address`` the three values come from the flags; without
+    it, a Cloud TPU VM pod slice is detected and JAX finds them itself. CPU
+    processes exchange collectives over gloo. Returns True if it initialized.
+    """
+    if not coordinator_address and not _on_multi_host_tpu():
+        return False
+    if coordinator_address and not 0 <= process_id < num_processes:
+        from dqnx.config import ConfigError
+
+        raise ConfigError(
+            f"--process_id={process_id} must be in [0, --num_processes={num_processes})"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    else:
+        jax.distributed.initialize()
+    return True

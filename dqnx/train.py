@@ -291,7 +291,7 @@ def params_digests(params) -> list[str]:
 
     import numpy as np
 
-    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
+    leaves = [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(params))]
     digests = []
     for s in range(leaves[0].shape[0]):
         h = hashlib.sha256()
@@ -299,6 +299,27 @@ def params_digests(params) -> list[str]:
             h.update(np.ascontiguousarray(leaf[s]).tobytes())
         digests.append(h.hexdigest())
     return digests
+
+
+def local_params_digest(params) -> str:
+    """SHA-256 of every copy of the parameters this process holds (all its devices):
+    equal across processes exactly when every device ended with the same parameters
+    for the seeds it holds."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        by_seed = {}
+        for shard in leaf.addressable_shards:
+            by_seed.setdefault(str(shard.index), []).append(np.asarray(shard.data))
+        for index in sorted(by_seed):
+            copies = by_seed[index]
+            if any(not np.array_equal(copies[0], c) for c in copies[1:]):
+                return "copies-differ"
+            h.update(index.encode() + np.ascontiguousarray(copies[0]).tobytes())
+    return h.hexdigest()
 
 
 def default_workdir(name: str) -> str:
@@ -338,7 +359,10 @@ def compile_train(fns: TrainFns) -> Compiled:
     per_seed = P(parallel.SEEDS)
     metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, P())
 
-    keys = jax.device_put(seed_keys(fns.config), parallel.shardings(mesh, per_seed))
+    # Made by a jitted function so every process builds its shards of the same keys.
+    keys = jax.jit(
+        lambda: seed_keys(fns.config), out_shardings=parallel.shardings(mesh, per_seed)
+    )()
     init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
     init_c, t_init = _compile(jax.jit(init, out_shardings=parallel.shardings(mesh, specs)), keys)
     # Lowering on the initial state gives every later program its shardings.
@@ -373,7 +397,7 @@ def choose_layout(config: Config) -> parallel.Layout:
     ``--num_devices`` is always honoured.
     """
     num_devices = config.num_devices
-    if num_devices == 0 and jax.default_backend() == "cpu":
+    if num_devices == 0 and jax.default_backend() == "cpu" and jax.process_count() == 1:
         num_devices = jax.local_device_count()
         seeds = math.gcd(config.num_seeds, num_devices)
         return parallel.Layout(seeds, 1)
@@ -398,6 +422,9 @@ RESULT_NEUTRAL_FIELDS = frozenset(
         "allow_config_change",
         "tensorboard",
         "wandb_project",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
     }
 )
 
@@ -616,7 +643,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
             if resume_step is None:
                 t0 = time.perf_counter()
                 state, _ = prefill_c(state)
-                env_steps = int(jax.device_get(state.env_steps))
+                env_steps = int(parallel.to_host(state.env_steps))
                 train_s += time.perf_counter() - t0
                 steps_this_process += env_steps
 
@@ -635,7 +662,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
                     step_fn = tail_c
                 t0 = time.perf_counter()
                 state, m = step_fn(state)
-                m = jax.device_get(m)
+                m = parallel.to_host(m)
                 dt = time.perf_counter() - t0
                 train_s += dt
                 remaining -= n
@@ -673,7 +700,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
                 due = every and prev_steps // every < env_steps // every
                 if due or remaining == 0:
                     t_eval = time.perf_counter()
-                    returns = np.asarray(jax.device_get(eval_c(state)))
+                    returns = np.asarray(parallel.to_host(eval_c(state)))
                     eval_total_s += time.perf_counter() - t_eval
                     last_eval = returns.mean(axis=1)
                     record["eval_return"] = last_eval
@@ -686,7 +713,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
                 sps_avg = steps_this_process * seeds / max(train_s, 1e-9)
                 progress.update(record, eta_s=(config.total_steps - env_steps) * seeds / sps_avg)
             if last_eval is None:  # resumed at the very end: evaluate again
-                last_eval = np.asarray(jax.device_get(eval_c(state))).mean(axis=1)
+                last_eval = np.asarray(parallel.to_host(eval_c(state))).mean(axis=1)
         finally:
             progress.close()
             writer.close()
@@ -706,6 +733,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
         "eval_return_per_seed": last_eval,
         "eval_return_mean": float(np.mean(last_eval)),
         "params_digest": params_digests(state.learner.params),
+        "local_params_digest": local_params_digest(state.learner.params),
     }
     if is_main:
         dlog.write_json(workdir / "summary.json", summary)
