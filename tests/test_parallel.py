@@ -119,3 +119,17 @@ def test_two_processes_train_identically_and_only_process_0_writes(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["env_steps"] for x in lines] == [464, 864, 1200]  # one writer
     assert (workdir / "checkpoints" / "1200").is_dir()
+
+
+def test_tpu_launcher_prints_commands_for_all_workers():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import launch_tpu
+
+    args, run_flags = launch_tpu.parse(
+        ["--name=t", "--zone=z", "--accelerator_type=v4-32", "--", "--num_seeds=8"]
+    )
+    cmds = [" ".join(c) for c in launch_tpu.commands(args, run_flags)]
+    assert "create t --zone=z --accelerator-type=v4-32" in cmds[0]
+    train = [c for c in cmds if "experiments/run.py" in c]
+    assert len(train) == 1 and "--worker=all" in train[0] and "--num_seeds=8" in train[0]
+    assert cmds[-1].endswith("--quiet") and "delete" in cmds[-1]
