@@ -40,3 +40,19 @@ def epsilon_greedy(key, q_values, epsilon):
     random = jax.random.randint(k_action, batch_shape, 0, q_values.shape[-1], jnp.int32)
     explore = jax.random.uniform(k_explore, batch_shape) < epsilon
     return jnp.where(explore, random, greedy)
+
+
+def apex_epsilons(num_envs: int, base: float = 0.4, alpha: float = 7.0) -> jax.Array:
+    """Fixed per-actor epsilons of Ape-X (Horgan et al., 2018, arXiv:1803.00933).
+
+    eps_i = base^(1 + alpha * i / (num_envs - 1)) for i in [0, num_envs): from
+    ``base`` down to ``base^(1 + alpha)``; a single actor gets ``base``. Pass the
+    result to ``epsilon_greedy`` as one epsilon per environment.
+
+    Returns:
+      float32 [num_envs].
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    frac = jnp.arange(num_envs, dtype=jnp.float32) / max(num_envs - 1, 1)
+    return jnp.power(jnp.float32(base), 1.0 + alpha * frac).astype(jnp.float32)

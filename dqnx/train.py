@@ -350,8 +350,11 @@ class Compiled(NamedTuple):
     layout: parallel.Layout
 
 
-def compile_train(fns: TrainFns) -> Compiled:
-    """Compiles ``fns`` for its ``layout`` (seeds x data devices), ahead of time."""
+def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
+    """Compiles ``fns`` for its ``layout`` (seeds x data devices), ahead of time.
+
+    With ``training=False`` only ``init`` and ``evaluate`` are compiled
+    (``prefill`` and ``chunk`` are None): enough to evaluate a checkpoint."""
     from jax.sharding import PartitionSpec as P
 
     mesh = parallel.make_mesh(fns.layout)
@@ -372,8 +375,10 @@ def compile_train(fns: TrainFns) -> Compiled:
         wrapped = parallel.spmd(fn, mesh, (specs,), out_specs)
         return _compile(jax.jit(wrapped, donate_argnums=(0,) if donate else ()), state)
 
-    prefill_c, t_prefill = build(fns.prefill, (specs, per_seed))
-    chunk_c, t_chunk = build(fns.chunk, (specs, metric_specs))
+    prefill_c, t_prefill, chunk_c, t_chunk = None, 0.0, None, 0.0
+    if training:
+        prefill_c, t_prefill = build(fns.prefill, (specs, per_seed))
+        chunk_c, t_chunk = build(fns.chunk, (specs, metric_specs))
     eval_c, t_eval = build(fns.evaluate, per_seed, donate=False)
     return Compiled(
         init=init_c,

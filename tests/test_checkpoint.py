@@ -109,6 +109,12 @@ def test_resume_is_bit_exact_and_drift_is_an_error(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 2_000
     with pytest.raises(ConfigError, match=r"--gamma \(0.99 -> 0.5\).*allow_config_change"):
         train.run(SMALL.replace(gamma=0.5), tmp_path / "resumed", quiet=True)
+    # Evaluating the final checkpoint reproduces the run's own final evaluation.
+    from dqnx import evaluate
+
+    again = evaluate.evaluate(tmp_path / "full", episodes=SMALL.eval_episodes)
+    np.testing.assert_allclose(again["return_per_seed"], full["eval_return_per_seed"])
+    assert again["env_steps"] == 2_000 and (tmp_path / "full" / "evaluation.json").exists()
 
 
 def test_nonfinite_loss_stops_with_the_env_step(tmp_path):
