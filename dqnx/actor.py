@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from dqnx import parallel
 from dqnx.envs import Env
 from dqnx.exploration import epsilon_greedy
+from dqnx.nstep import RolloutStep
 from dqnx.types import ActorState, EpisodeStats, Transition
 
 
@@ -30,6 +31,9 @@ class Actor(NamedTuple):
 
     init: Callable[[jax.Array], ActorState]
     rollout: Callable[[Any, ActorState, jax.Array, int], tuple]
+    # Same, but steps stay time-major [T, N] and keep ``truncated``
+    # (``nstep.RolloutStep``), as n-step returns need.
+    rollout_steps: Callable[[Any, ActorState, jax.Array, int], tuple] | None = None
 
 
 def episode_stats(steps) -> EpisodeStats:
@@ -65,6 +69,21 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
         q = network.apply(params, obs)  # [N, A]
         return epsilon_greedy(key, q, epsilon)
 
+    def rollout_steps(params, state: ActorState, epsilon, num_steps: int):
+        def one_step(carry: ActorState, _):
+            key, k_act, k_env = jax.random.split(carry.key, 3)
+            k_act = parallel.shard_key(k_act, axis_name)
+            k_env = parallel.shard_key(k_env, axis_name)
+            action = act(params, carry.obs, epsilon, k_act)
+            env_state, step = batch_step(jax.random.split(k_env, num_envs), carry.env_state, action)
+            out = RolloutStep(
+                carry.obs, action, step.reward, step.next_obs, step.terminated, step.truncated
+            )
+            return ActorState(step.obs, env_state, key), (out, episode_stats(step))
+
+        state, (steps, stats) = jax.lax.scan(one_step, state, None, length=num_steps)
+        return state, steps, jax.tree.map(lambda x: x.sum(0), stats)
+
     def rollout(params, state: ActorState, epsilon, num_steps: int):
         def one_step(carry: ActorState, _):
             key, k_act, k_env = jax.random.split(carry.key, 3)
@@ -80,4 +99,4 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
         stats = jax.tree.map(lambda x: x.sum(0), stats)
         return state, transitions, stats
 
-    return Actor(init, rollout)
+    return Actor(init, rollout, rollout_steps)

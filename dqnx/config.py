@@ -49,6 +49,18 @@ class Config:
       network: "mlp", "minatar_cnn" or "auto" (CNN for image observations).
       hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
       dueling: dueling value/advantage head (Wang et al., 2016).
+      n_step: rewards summed per target (n-step returns; 1 = one-step TD). The
+        window stops at episode ends; a time limit inside it bootstraps.
+      prioritized: proportional prioritized replay (Schaul et al., 2016).
+      priority_exponent: alpha of prioritized replay.
+      importance_exponent: beta of prioritized replay at step 0, annealed
+        linearly to 1 at total_steps.
+      exploration: "linear" (one epsilon schedule for all envs) or "apex"
+        (env i of N acts with apex_epsilon^(1 + apex_alpha*i/(N-1)), fixed).
+      apex_epsilon: base epsilon of Ape-X exploration.
+      apex_alpha: exponent spread of Ape-X exploration.
+      actor_sync_period: learner updates between refreshes of the actors'
+        parameter copy (1 = actors always use the current parameters).
       epsilon_start: exploration rate at step 0.
       epsilon_end: exploration rate after the decay.
       epsilon_decay_steps: env steps (per seed) of linear decay.
@@ -94,6 +106,14 @@ class Config:
     network: Literal["auto", "mlp", "minatar_cnn"] = "auto"
     hidden_sizes: tuple[int, ...] = (128, 128)
     dueling: bool = False
+    n_step: int = 1
+    prioritized: bool = False
+    priority_exponent: float = 0.6
+    importance_exponent: float = 0.4
+    exploration: Literal["linear", "apex"] = "linear"
+    apex_epsilon: float = 0.4
+    apex_alpha: float = 7.0
+    actor_sync_period: int = 1
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 100_000
@@ -118,8 +138,18 @@ class Config:
         return self.num_envs * self.rollout_steps
 
     @property
+    def warmup_steps(self) -> int:
+        """Env steps (per seed) that fill the n-step window before the first transition."""
+        return (self.n_step - 1) * self.num_envs
+
+    @property
     def prefill_iterations(self) -> int:
-        return -(-self.learning_starts // self.steps_per_iteration)
+        return -(-max(0, self.learning_starts - self.warmup_steps) // self.steps_per_iteration)
+
+    @property
+    def prefill_steps(self) -> int:
+        """Env steps per seed before learning starts (n-step warm-up included)."""
+        return self.warmup_steps + self.prefill_iterations * self.steps_per_iteration
 
     @property
     def iterations_per_chunk(self) -> int:
@@ -128,7 +158,7 @@ class Config:
     @property
     def train_iterations(self) -> int:
         """Learning iterations after prefill (rounded up to whole iterations)."""
-        remaining = max(0, self.total_steps - self.prefill_iterations * self.steps_per_iteration)
+        remaining = max(0, self.total_steps - self.prefill_steps)
         return -(-remaining // self.steps_per_iteration)
 
     @property
@@ -181,6 +211,8 @@ class Config:
             "log_every",
             "keep_checkpoints",
             "num_processes",
+            "n_step",
+            "actor_sync_period",
         )
         for name in positive:
             value = getattr(self, name)
@@ -218,6 +250,17 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 fail(f"--{name} must be in [0, 1], got {value}")
+        if not self.priority_exponent >= 0:
+            fail(f"--priority_exponent must be >= 0, got {self.priority_exponent}")
+        if not 0.0 <= self.importance_exponent <= 1.0:
+            fail(f"--importance_exponent must be in [0, 1], got {self.importance_exponent}")
+        if self.exploration not in ("linear", "apex"):
+            fail(f"--exploration must be 'linear' or 'apex', got {self.exploration!r}")
+        if not 0.0 <= self.apex_epsilon <= 1.0 or not self.apex_alpha >= 0:
+            fail(
+                f"--apex_epsilon must be in [0, 1] and --apex_alpha >= 0, got "
+                f"{self.apex_epsilon}, {self.apex_alpha}"
+            )
         if self.loss not in LOSSES:
             fail(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         if self.network not in NETWORKS:

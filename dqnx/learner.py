@@ -22,10 +22,15 @@ from dqnx.types import LearnerState, Transition
 
 class Learner(NamedTuple):
     """``init(key, obs_example[B, ...]) -> LearnerState``;
-    ``update(state, batch: Transition[B]) -> (state, metrics)``."""
+    ``update(state, batch: Transition[B]) -> (state, metrics)``;
+    ``update_weighted(state, batch, weights[B]) -> (state, metrics, td[B])``: the
+    loss weighted per transition (importance sampling), TD errors returned (new
+    priorities). A batch with a ``discount`` field (n-step transitions) uses it
+    instead of ``gamma * (1 - terminated)``."""
 
     init: Callable[[jax.Array, jax.Array], LearnerState]
     update: Callable[[LearnerState, Transition], tuple[LearnerState, dict]]
+    update_weighted: Callable | None = None
 
 
 def make_optimizer(
@@ -96,8 +101,11 @@ def make_learner(
             num_updates=jnp.int32(0),
         )
 
-    def loss_fn(params, target_params, batch: Transition):
-        discount_t = gamma * (1.0 - batch.terminated.astype(jnp.float32))  # [B]
+    def loss_fn(params, target_params, batch: Transition, weights):
+        if hasattr(batch, "discount"):  # n-step: gamma^k * (1 - terminated)
+            discount_t = batch.discount.astype(jnp.float32)
+        else:
+            discount_t = gamma * (1.0 - batch.terminated.astype(jnp.float32))  # [B]
         q_tm1 = network.apply(params, batch.obs)  # [B, A]
         q_t_value = network.apply(target_params, batch.next_obs)  # [B, A]
         if double_q:
@@ -111,15 +119,17 @@ def make_learner(
             td = jax.vmap(losses.q_learning)(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value
             )
-        loss_value = jnp.mean(elementwise(td))
-        return loss_value, {
-            "loss": loss_value,
-            "q_mean": jnp.mean(q_tm1),
-            "td_abs": jnp.mean(jnp.abs(td)),
-        }
+        per_example = elementwise(td)
+        if weights is not None:
+            per_example = weights * per_example
+        loss_value = jnp.mean(per_example)
+        metrics = {"loss": loss_value, "q_mean": jnp.mean(q_tm1), "td_abs": jnp.mean(jnp.abs(td))}
+        return loss_value, (metrics, td)
 
-    def update(state: LearnerState, batch: Transition):
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.target_params, batch)
+    def update_weighted(state: LearnerState, batch: Transition, weights):
+        grads, (metrics, td) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.target_params, batch, weights
+        )
         if axis_name is not None:
             # One all-reduce of one flat vector: collectives have a fixed cost each.
             flat, unravel = jax.flatten_util.ravel_pytree((grads, metrics))
@@ -135,9 +145,13 @@ def make_learner(
         target_params = jax.tree.map(
             lambda f, o: jnp.where(refresh, f, o), fresh, state.target_params
         )
-        return LearnerState(params, target_params, opt_state, num_updates), metrics
+        return LearnerState(params, target_params, opt_state, num_updates), metrics, td
 
-    return Learner(init, update)
+    def update(state: LearnerState, batch: Transition):
+        state, metrics, _ = update_weighted(state, batch, None)
+        return state, metrics
+
+    return Learner(init, update, update_weighted)
 
 
 def learner_from_config(config: Config, network: nn.Module, axis_name: str | None = None):

@@ -416,6 +416,17 @@ class MetricWriters:
         self.close()
 
 
+def _terminal_width(file) -> int:
+    """Columns of the terminal behind ``file``; 0 when it reports none (some
+    pseudo-terminals), where a bar would come out empty."""
+    import os
+
+    try:
+        return os.get_terminal_size(file.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80  # a terminal-like object without a descriptor (tests)
+
+
 _BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
@@ -461,6 +472,7 @@ class Progress:
         self.enabled = enabled
         if use_bar is None:
             use_bar = bool(getattr(self.file, "isatty", lambda: False)())
+            use_bar = use_bar and _terminal_width(self.file) > 0
         self._bar = None
         if enabled and use_bar:
             tqdm = _import("tqdm", "the progress bar").tqdm

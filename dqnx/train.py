@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from dqnx import actor as actor_lib
-from dqnx import envs, exploration, networks, parallel, replay
+from dqnx import envs, exploration, networks, parallel, prioritized, replay
 from dqnx import learner as learner_lib
+from dqnx import nstep as nstep_lib
 from dqnx.config import Config
 from dqnx.exploration import epsilon_greedy
 from dqnx.types import ActorState, EpisodeStats, LearnerState, Transition
@@ -38,27 +39,55 @@ class TrainState(NamedTuple):
     env_steps: jax.Array  # int32 []: env steps per seed so far (all seeds in lockstep)
     actor: ActorState  # [S]
     learner: LearnerState  # [S]
-    replay: replay.ReplayState  # data [S, capacity, ...]; pos, size shared
+    replay: Any  # ReplayState / PrioritizedState: data [S, capacity, ...]; pos, size shared
     key: jax.Array  # [S] keys for replay sampling
+    nstep: Any = None  # NStepState: the last n-1 steps (n_step > 1 only)
+    actor_params: Any = None  # [S] the actors' copy (actor_sync_period > 1 only)
 
 
-# vmap axes of a TrainState over seeds.
-SEED_AXES = TrainState(env_steps=None, actor=0, learner=0, replay=replay.REPLAY_SEED_AXES, key=0)
+def _replay_axes(config: Config):
+    return prioritized.PRIORITIZED_SEED_AXES if config.prioritized else replay.REPLAY_SEED_AXES
 
 
-def state_specs() -> TrainState:
+def seed_axes(config: Config) -> TrainState:
+    """vmap axes of a TrainState over seeds."""
+    return TrainState(
+        env_steps=None,
+        actor=0,
+        learner=0,
+        replay=_replay_axes(config),
+        key=0,
+        nstep=nstep_lib.NSTEP_SEED_AXES if config.n_step > 1 else None,
+        actor_params=0 if config.actor_sync_period > 1 else None,
+    )
+
+
+def state_specs(config: Config) -> TrainState:
     """How a TrainState lies on the (seeds, data) mesh: seeds split every per-seed
-    leaf; environments and replay slots are further split over data; parameters,
-    keys and counters are the same on every data shard."""
+    leaf; environments, replay slots and priorities are further split over data;
+    parameters, keys and counters are the same on every data shard."""
     from jax.sharding import PartitionSpec as P
 
     seeds, seeds_data, shared = P(parallel.SEEDS), P(parallel.SEEDS, parallel.DATA), P()
+    if config.prioritized:
+        replay_specs = prioritized.PrioritizedState(
+            data=seeds_data, pos=shared, size=shared, tree=seeds_data, max_priority=seeds
+        )
+    else:
+        replay_specs = replay.ReplayState(data=seeds_data, pos=shared, size=shared)
+    nstep_specs = None
+    if config.n_step > 1:  # steps [S, n-1, N, ...]: environments are the third axis
+        nstep_specs = nstep_lib.NStepState(
+            steps=P(parallel.SEEDS, None, parallel.DATA), count=shared
+        )
     return TrainState(
         env_steps=shared,
         actor=ActorState(obs=seeds_data, env_state=seeds_data, key=seeds),
         learner=seeds,
-        replay=replay.ReplayState(data=seeds_data, pos=shared, size=shared),
+        replay=replay_specs,
         key=seeds,
+        nstep=nstep_specs,
+        actor_params=seeds if config.actor_sync_period > 1 else None,
     )
 
 
@@ -130,85 +159,166 @@ def make_train(
     data_axis = layout.data_axis
     if learner is None:
         learner = learner_lib.learner_from_config(config, network, axis_name=data_axis)
-    actor = actor_lib.make_actor(env, network, config.num_envs // layout.data, data_axis)
-    buffer = replay.uniform_replay(
-        config.buffer_size // layout.data,
-        add_batch_size=config.num_envs // layout.data * config.rollout_steps,
-    )
+    local_envs = config.num_envs // layout.data
+    actor = actor_lib.make_actor(env, network, local_envs, data_axis)
+    capacity = config.buffer_size // layout.data
+    add_size = local_envs * config.rollout_steps
+    if config.prioritized:
+        if learner.update_weighted is None:
+            raise ValueError("prioritized replay needs a learner with update_weighted")
+        buffer = prioritized.prioritized_replay(
+            capacity, add_batch_size=add_size, priority_exponent=config.priority_exponent
+        )
+    else:
+        buffer = replay.uniform_replay(capacity, add_batch_size=add_size)
+    replay_axes = _replay_axes(config)
     batch_size = config.batch_size // layout.data
     epsilon_at = exploration.linear_schedule(
         config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps
     )
+    beta_at = exploration.linear_schedule(config.importance_exponent, 1.0, config.total_steps)
     steps_per_iteration = config.num_envs * config.rollout_steps
     example_obs = jnp.zeros((1, *spec.obs_shape), spec.obs_dtype)
+    n_step = config.n_step
+    sync = config.actor_sync_period
+    updates = config.updates_per_iteration
+
+    def actor_epsilon(env_steps):
+        """Scalar schedule, or (Ape-X) this data shard's slice of the per-env epsilons."""
+        if config.exploration == "linear":
+            return epsilon_at(env_steps)
+        eps = exploration.apex_epsilons(config.num_envs, config.apex_epsilon, config.apex_alpha)
+        if data_axis is None:
+            return eps
+        start = jax.lax.axis_index(data_axis) * local_envs
+        return jax.lax.dynamic_slice_in_dim(eps, start, local_envs)
 
     def init_one(key):
         k_actor, k_net, k_train = jax.random.split(key, 3)
         actor_state = actor.init(k_actor)
         learner_state = learner.init(k_net, example_obs)
-        item = Transition(
-            obs=example_obs[0],
-            action=jnp.int32(0),
-            reward=jnp.float32(0),
-            next_obs=example_obs[0],
-            terminated=jnp.bool_(False),
-        )
-        return actor_state, learner_state, buffer.init(item), k_train
+        obs0, act0 = example_obs[0], jnp.int32(0)
+        r0, f0 = jnp.float32(0), jnp.bool_(False)
+        if n_step > 1:
+            item = nstep_lib.NStepTransition(obs0, act0, r0, obs0, f0, jnp.float32(0))
+            example = nstep_lib.RolloutStep(
+                actor_state.obs, jnp.zeros(local_envs, jnp.int32), jnp.zeros(local_envs),
+                actor_state.obs, jnp.zeros(local_envs, bool), jnp.zeros(local_envs, bool),
+            )  # fmt: skip
+            nstep_state = nstep_lib.init_nstep_state(example, n_step)
+        else:
+            item = Transition(obs0, act0, r0, obs0, f0)
+            nstep_state = None
+        actor_params = learner_state.params if sync > 1 else None
+        return actor_state, learner_state, buffer.init(item), k_train, nstep_state, actor_params
+
+    axes = seed_axes(config)
 
     def init(keys=None) -> TrainState:
         keys = seed_keys(config) if keys is None else keys
-        actor_state, learner_state, replay_state, keys = jax.vmap(
-            init_one, out_axes=(0, 0, replay.REPLAY_SEED_AXES, 0)
+        out_axes = (0, 0, replay_axes, 0, axes.nstep, axes.actor_params)
+        actor_state, learner_state, replay_state, keys, nstep_state, actor_params = jax.vmap(
+            init_one, out_axes=out_axes
         )(keys)
-        return TrainState(jnp.int32(0), actor_state, learner_state, replay_state, keys)
-
-    batched_add = jax.vmap(
-        buffer.add, in_axes=(replay.REPLAY_SEED_AXES, 0), out_axes=replay.REPLAY_SEED_AXES
-    )
-
-    def collect(state: TrainState, params, epsilon):
-        rollout = functools.partial(actor.rollout, num_steps=config.rollout_steps)
-        actor_state, transitions, stats = jax.vmap(rollout, in_axes=(0, 0, None))(
-            params, state.actor, epsilon
+        return TrainState(
+            jnp.int32(0), actor_state, learner_state, replay_state, keys, nstep_state, actor_params
         )
+
+    batched_add = jax.vmap(buffer.add, in_axes=(replay_axes, 0), out_axes=replay_axes)
+
+    def rollout_one(params, actor_state, nstep_state, epsilon, num_steps):
+        """One seed's rollout -> (actor_state, nstep_state, transitions[T*N], stats)."""
+        if n_step == 1:
+            actor_state, transitions, stats = actor.rollout(params, actor_state, epsilon, num_steps)
+            return actor_state, nstep_state, transitions, stats
+        actor_state, steps, stats = actor.rollout_steps(params, actor_state, epsilon, num_steps)
+        nstep_state, transitions, _ = nstep_lib.push(nstep_state, steps, config.gamma)
+        transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
+        return actor_state, nstep_state, transitions, stats
+
+    def collect(state: TrainState, params, epsilon, num_steps=None, add=True):
+        num_steps = num_steps or config.rollout_steps
+        actor_state, nstep_state, transitions, stats = jax.vmap(
+            functools.partial(rollout_one, num_steps=num_steps),
+            in_axes=(None if params is None else 0, 0, axes.nstep, None),
+            out_axes=(0, axes.nstep, 0, 0),
+        )(params, state.actor, state.nstep, epsilon)
         if data_axis is not None:
             stats = jax.lax.psum(stats, data_axis)
         state = state._replace(
-            env_steps=state.env_steps + steps_per_iteration,
+            env_steps=state.env_steps + num_steps * config.num_envs,
             actor=actor_state,
-            replay=batched_add(state.replay, transitions),
+            nstep=nstep_state,
         )
+        if add:
+            state = state._replace(replay=batched_add(state.replay, transitions))
         return state, stats
 
-    def learn_one(learner_state, replay_state, key):
+    def learn_one(learner_state, replay_state, key, beta):
         key, k_sample = jax.random.split(key)
         k_sample = parallel.shard_key(k_sample, data_axis)
-        batch, _ = buffer.sample(replay_state, k_sample, batch_size)
-        learner_state, metrics = learner.update(learner_state, batch)
-        return learner_state, key, metrics
+        if not config.prioritized:
+            batch, _ = buffer.sample(replay_state, k_sample, batch_size)
+            learner_state, metrics = learner.update(learner_state, batch)
+            return learner_state, replay_state, key, metrics
+        batch, idx, weights = buffer.sample(replay_state, k_sample, batch_size, beta)
+        learner_state, metrics, td = learner.update_weighted(learner_state, batch, weights)
+        replay_state = buffer.update_priorities(replay_state, idx, jnp.abs(td))
+        if data_axis is not None:  # new items get the same max priority on every shard
+            replay_state = replay_state._replace(
+                max_priority=jax.lax.pmax(replay_state.max_priority, data_axis)
+            )
+        return learner_state, replay_state, key, metrics
 
-    batched_learn = jax.vmap(learn_one, in_axes=(0, replay.REPLAY_SEED_AXES, 0))
+    batched_learn = jax.vmap(
+        learn_one, in_axes=(0, replay_axes, 0, None), out_axes=(0, replay_axes, 0, 0)
+    )
 
     def iteration(state: TrainState):
-        epsilon = epsilon_at(state.env_steps)
-        state, stats = collect(state, state.learner.params, epsilon)
+        acting = state.learner.params if sync == 1 else state.actor_params
+        state, stats = collect(state, acting, actor_epsilon(state.env_steps))
+        beta = beta_at(state.env_steps)
 
+        # Only prioritized replay changes in the updates (priorities); a uniform
+        # buffer stays out of the carry so it is never copied.
         def update(carry, _):
-            learner_state, key = carry
-            learner_state, key, metrics = batched_learn(learner_state, state.replay, key)
-            return (learner_state, key), metrics
+            learner_state, priorities, key = carry
+            replay_state = priorities if config.prioritized else state.replay
+            learner_state, replay_state, key, metrics = batched_learn(
+                learner_state, replay_state, key, beta
+            )
+            priorities = replay_state if config.prioritized else None
+            return (learner_state, priorities, key), metrics
 
-        if config.updates_per_iteration == 1:
-            (learner_state, key), metrics = update((state.learner, state.key), None)
+        carry = (state.learner, state.replay if config.prioritized else None, state.key)
+        if updates == 1:
+            (learner_state, priorities, key), metrics = update(carry, None)
         else:
-            (learner_state, key), metrics = jax.lax.scan(
-                update, (state.learner, state.key), None, length=config.updates_per_iteration
+            (learner_state, priorities, key), metrics = jax.lax.scan(
+                update, carry, None, length=updates
             )
             metrics = jax.tree.map(lambda m: m.sum(0), metrics)
         state = state._replace(learner=learner_state, key=key)
+        if config.prioritized:
+            state = state._replace(replay=priorities)
+        if sync > 1:
+            # Refresh when this iteration's updates crossed a multiple of the period.
+            done = learner_state.num_updates[0]
+            crossed = done // sync > (done - updates) // sync
+            state = state._replace(
+                actor_params=jax.tree.map(
+                    lambda new, old: jnp.where(crossed, new, old),
+                    learner_state.params,
+                    state.actor_params,
+                )
+            )
         return state, stats, metrics
 
     def prefill(state: TrainState):
+        if n_step > 1:  # fill the n-step window: these steps make no transition yet
+            for _ in range(n_step - 1):
+                state, _ = collect(state, None, 1.0, num_steps=1, add=False)
+
         def body(state, _):
             state, stats = collect(state, None, 1.0)
             return state, stats
@@ -358,7 +468,7 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     from jax.sharding import PartitionSpec as P
 
     mesh = parallel.make_mesh(fns.layout)
-    specs = state_specs()
+    specs = state_specs(fns.config)
     per_seed = P(parallel.SEEDS)
     metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, P())
 
@@ -579,7 +689,7 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
     state = programs.initial_state
     prefill_c, chunk_c, eval_c = programs.prefill, programs.chunk, programs.evaluate
     spi = config.steps_per_iteration
-    prefill_steps = config.prefill_iterations * spi
+    prefill_steps = config.prefill_steps
     seeds = config.num_seeds
 
     def save(state, env_steps):
@@ -751,7 +861,10 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
 
 
 def fns_epsilon(config: Config, env_steps: int) -> float:
-    """The exploration rate the schedule gives at ``env_steps`` (host side)."""
+    """The exploration rate at ``env_steps`` (host side; Ape-X: the mean over envs)."""
+    if config.exploration == "apex":
+        eps = exploration.apex_epsilons(config.num_envs, config.apex_epsilon, config.apex_alpha)
+        return float(eps.mean())
     return float(
         exploration.linear_schedule(
             config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps

@@ -73,6 +73,10 @@ def test_dict_round_trip():
         ({"num_devices": 64}, "only 2 device"),
         ({"buffer_size": 10**10, "num_seeds": 64}, "replay buffers need"),
         ({"hidden_sizes": (0,)}, "--hidden_sizes"),
+        ({"n_step": 0}, "--n_step must be a positive integer"),
+        ({"exploration": "boltzmann"}, "--exploration"),
+        ({"importance_exponent": 1.5}, "--importance_exponent"),
+        ({"actor_sync_period": 0}, "--actor_sync_period"),
     ],
 )
 def test_validation_messages(changes, message):

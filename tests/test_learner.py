@@ -126,3 +126,31 @@ def test_annealed_learning_rate_reaches_zero():
         sizes.append(abs(float(updates["w"])))
     # Adam's first steps have magnitude ~lr; lr goes 1, 0.75, 0.5, 0.25, 0
     np.testing.assert_allclose(sizes, [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-4)
+
+
+def test_weighted_update_with_nstep_discount():
+    """n-step batches bring their own discount; weights scale each example's loss."""
+    from dqnx.nstep import NStepTransition
+
+    # Row 0: a 3-step return ending in a terminal state (discount 0); row 1: a full
+    # window, discount 0.9^3 = 0.729. Double DQN picks action 1 at [1, 1]; Q_target = 1.
+    batch = NStepTransition(
+        obs=BATCH.obs,
+        action=BATCH.action,
+        reward=jnp.array([2.0, 1.5]),
+        next_obs=BATCH.next_obs,
+        terminated=jnp.array([True, False]),
+        discount=jnp.array([0.0, 0.729]),
+    )
+    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, double_q=True, loss="mse")
+    weights = jnp.array([0.25, 1.0])
+    _, metrics, td = jax.jit(learn.update_weighted)(make_state(learn), batch, weights)
+    expected_td = np.array([2.0 - 2.0, 1.5 + 0.729 * 1.0 - 3.0])
+    np.testing.assert_allclose(td, expected_td, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics["loss"], np.mean(np.array([0.25, 1.0]) * expected_td**2), rtol=1e-6
+    )
+    # Unit weights are the plain update.
+    _, plain = jax.jit(learn.update)(make_state(learn), batch)
+    _, unit, _ = jax.jit(learn.update_weighted)(make_state(learn), batch, jnp.ones(2))
+    np.testing.assert_allclose(plain["loss"], unit["loss"], rtol=1e-6)

@@ -170,3 +170,40 @@ def test_readme_library_example():
     namespace = {}
     exec(compile(m.group(1), "README.md", "exec"), namespace)
     assert np.isfinite(np.asarray(namespace["returns"])).all()
+
+
+def test_apex_rainbow_options_compose():
+    """n-step + prioritized + dueling + Ape-X epsilons + actor sync in one program."""
+    config = TINY.replace(
+        n_step=3,
+        prioritized=True,
+        dueling=True,
+        exploration="apex",
+        actor_sync_period=3,
+        updates_per_iteration=2,
+    ).validate()
+    fns = train.make_train(config)
+    state = jax.jit(fns.init)()
+    state, _ = jax.jit(fns.prefill)(state)
+    assert int(state.env_steps) == config.prefill_steps == 200  # 8 warm-up + 48 x 4
+    assert int(state.replay.size) == 192  # warm-up steps make no transition
+    state, metrics = jax.jit(fns.chunk)(state)
+    assert np.isfinite(np.asarray(metrics.loss_sum)).all()
+    size = int(state.replay.size)
+    gamma3 = np.float32(config.gamma) ** 3
+    discount = np.asarray(state.replay.data.discount[:, :size])
+    full = np.isclose(discount, gamma3, rtol=1e-6)
+    # A window that starts in the last 2 steps of an episode ends terminal: discount 0.
+    assert (full | (discount == 0)).all() and full.mean() > 0.6
+    obs = np.asarray(state.replay.data.obs[:, :size])
+    assert (np.abs(obs).sum(-1) > 0).all()  # no placeholder from an unfilled window
+    # Priorities moved away from uniform, and the root holds their sum.
+    tree = np.asarray(state.replay.tree)
+    leaves = tree[:, tree.shape[1] // 2 :][:, :size]
+    assert leaves.std(axis=1).min() > 0
+    np.testing.assert_allclose(tree[:, 1], tree[:, tree.shape[1] // 2 :].sum(1), rtol=1e-4)
+    # 200 updates, refresh every 3: the actors hold the parameters of update 198.
+    assert int(state.learner.num_updates[0]) == 200
+    w_actor = np.asarray(state.actor_params["params"]["Dense_0"]["kernel"])
+    w_learner = np.asarray(state.learner.params["params"]["Dense_0"]["kernel"])
+    assert not np.allclose(w_actor, w_learner)
