@@ -1,0 +1,498 @@
+"""Where the time of a training iteration goes: the full loop next to its parts.
+
+  python scripts/bench.py --flagfile=experiments/configs/cartpole_reference.flags \
+      [--num_seeds=S] [--iterations=2000] [--chunks=3] [--out=bench.json]
+
+Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
+
+* **full loop**: ``train.compile_train`` (ahead-of-time lower + compile of init,
+  prefill, a chunk of ``--iterations`` iterations and evaluate, timed together as
+  ``run`` reports it), prefill, one warm-up chunk, then ``--chunks`` timed
+  chunks (median). The chunk is ``fns.make_chunk(--iterations)``.
+* **parts in isolation**, each its own jitted ``lax.scan`` over ``--iterations``
+  iterations, vmapped over seeds as in ``train.py`` and run with the same
+  (seeds x data) device layout and state as the full loop (``shard_map``):
+  (a) actor rollout with the current parameters (env steps *and* the
+  Q-network forward pass that picks the actions), (a') the same with uniformly
+  random actions (no network), (b) replay add + ``updates_per_iteration``
+  samples, (c) ``updates_per_iteration`` learner updates on one fixed sampled
+  batch. Outputs a part does not otherwise need (sampled batches, transitions)
+  are summed into a per-seed checksum so XLA cannot drop their computation.
+* **overhead** = full-loop time per iteration / (a + b + c).
+* **matmul GFLOP/s**: a jitted ``--matmul_size`` squared float32 matmul on one
+  device (XLA's intra-op threads may use every core), median of repeats.
+* **learner GFLOP/s**: FLOPs per update from XLA's cost analysis of one seed's
+  ``learner.update``, next to a hand count from the layer shapes, times updates/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dqnx import parallel  # noqa: E402
+
+parallel.use_all_cpu_cores()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from dqnx import exploration, train  # noqa: E402
+from dqnx import flags as dqnx_flags  # noqa: E402
+from dqnx import learner as learner_lib  # noqa: E402
+
+flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
+flags.DEFINE_integer("chunks", 3, "Timed chunks per program (after one warm-up chunk).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul.")
+flags.DEFINE_integer("matmul_repeats", 10, "Timed matmul calls.")
+flags.DEFINE_string("out", "", "Optional JSON output path.")
+
+
+# ---------------------------------------------------------------------------
+# Machine and timing helpers
+# ---------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.local_devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def matmul_gflops(n: int, repeats: int) -> dict:
+    device = jax.local_devices()[0]
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(k1, (n, n), jnp.float32), device)
+    b = jax.device_put(jax.random.normal(k2, (n, n), jnp.float32), device)
+    f = jax.jit(jnp.matmul).lower(a, b).compile()
+    jax.block_until_ready(f(a, b))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        times.append(time.perf_counter() - t0)
+    flops = 2 * n**3
+    return {
+        "size": n,
+        "median_s": statistics.median(times),
+        "gflops": flops / statistics.median(times) / 1e9,
+        "gflops_best": flops / min(times) / 1e9,
+    }
+
+
+def checksum(tree) -> jax.Array:
+    """Per-seed sum of every leaf [S, ...] -> [S] float32 (keeps the work alive)."""
+    total = 0.0
+    for x in jax.tree.leaves(tree):
+        total = total + x.reshape(x.shape[0], -1).astype(jnp.float32).sum(1)
+    return total
+
+
+def specs_of(tree):
+    """The PartitionSpec of every array of ``tree`` as it lies on the mesh."""
+    return jax.tree.map(lambda x: getattr(x.sharding, "spec", P()), tree)
+
+
+def seed_axes_of(tree):
+    """vmap axes over seeds: scalars are shared (replay pos/size), the rest per seed."""
+    return jax.tree.map(lambda x: None if x.ndim == 0 else 0, tree)
+
+
+# ---------------------------------------------------------------------------
+# The parts, each a function (carry, *extra) -> (carry, checksum[S]) scanning
+# ``n`` iterations on one device's seeds.
+# ---------------------------------------------------------------------------
+
+
+def make_parts(fns: train.TrainFns, n: int) -> dict:
+    config, buffer, layout = fns.config, fns.buffer, fns.layout
+    data_axis = layout.data_axis
+    updates = config.updates_per_iteration
+    batch_size = config.batch_size // layout.data
+    add_size = config.num_envs // layout.data * config.rollout_steps
+    spi = config.steps_per_iteration
+    prioritized = hasattr(buffer, "update_priorities")
+    epsilon_at = exploration.linear_schedule(
+        config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps
+    )
+
+    def scan_updates(body, carry):
+        if updates == 1:
+            return body(carry, None)
+        carry, out = jax.lax.scan(body, carry, None, length=updates)
+        return carry, out.sum(0)
+
+    def acting(random: bool):
+        def run(actor_state, params, env_steps):
+            def rollout(p, a, eps):
+                return fns.actor.rollout(p, a, eps, config.rollout_steps)
+
+            def body(carry, _):
+                actor_state, t, acc = carry
+                p = None if random else params
+                actor_state, transitions, stats = jax.vmap(
+                    rollout, in_axes=(None if random else 0, 0, None)
+                )(p, actor_state, epsilon_at(t))
+                acc = acc + checksum(transitions) + stats.return_sum
+                return (actor_state, t + spi, acc), None
+
+            acc = jnp.zeros(actor_state.key.shape[:1], jnp.float32)
+            (actor_state, _, acc), _ = jax.lax.scan(
+                body, (actor_state, env_steps, acc), None, length=n
+            )
+            return actor_state, acc
+
+        return run
+
+    def sample_one(replay_state, key, beta=1.0):
+        key, k = jax.random.split(key)
+        k = parallel.shard_key(k, data_axis)
+        if prioritized:
+            batch, idx, weights = buffer.sample(replay_state, k, batch_size, beta)
+            return key, batch, idx, weights
+        batch, idx = buffer.sample(replay_state, k, batch_size)
+        return key, batch, idx, None
+
+    def replay_part(carry):
+        replay_state, keys = carry
+        axes = seed_axes_of(replay_state)
+        add = jax.vmap(buffer.add, in_axes=(axes, 0), out_axes=axes)
+        # Items of the right shapes and dtypes: the first slots of each seed's buffer.
+        items = jax.tree.map(lambda x: x[:, :add_size], replay_state.data)
+
+        def sample_and_touch(rs, key):
+            key, batch, idx, _ = sample_one(rs, key)
+            acc = sum(x.astype(jnp.float32).sum() for x in jax.tree.leaves(batch))
+            if prioritized:  # the full loop writes new priorities after each update
+                rs = buffer.update_priorities(rs, idx, jnp.abs(batch.reward) + 0.5)
+            return rs, key, acc
+
+        touch = jax.vmap(sample_and_touch, in_axes=(axes, 0), out_axes=(axes, 0, 0))
+
+        def body(carry, _):
+            rs, keys, acc = carry
+            rs = add(rs, items)
+
+            def one(c, _):
+                rs, keys = c
+                rs, keys, a = touch(rs, keys)
+                return (rs, keys), a
+
+            (rs, keys), a = scan_updates(one, (rs, keys))
+            return (rs, keys, acc + a), None
+
+        acc = jnp.zeros(keys.shape[:1], jnp.float32)
+        (replay_state, keys, acc), _ = jax.lax.scan(body, (replay_state, keys, acc), None, length=n)
+        return (replay_state, keys), acc
+
+    def learner_part(learner_state, replay_state, keys):
+        axes = seed_axes_of(replay_state)
+        _, batch, _, weights = jax.vmap(sample_one, in_axes=(axes, 0))(replay_state, keys)
+        if prioritized:
+            update = jax.vmap(lambda s, b, w: fns.learner.update_weighted(s, b, w)[:2])
+        else:
+            update = jax.vmap(lambda s, b, w: fns.learner.update(s, b))
+
+        def body(carry, _):
+            ls, acc = carry
+
+            def one(ls, _):
+                ls, metrics = update(ls, batch, weights)
+                return ls, metrics["loss"]
+
+            ls, loss = scan_updates(one, ls)
+            return (ls, acc + loss), None
+
+        acc = jnp.zeros(keys.shape[:1], jnp.float32)
+        (learner_state, acc), _ = jax.lax.scan(body, (learner_state, acc), None, length=n)
+        return learner_state, acc
+
+    return {
+        "acting": acting(False),
+        "acting_random": acting(True),
+        "replay": replay_part,
+        "learner": learner_part,
+    }
+
+
+def compile_part(fn, mesh, carry, extra):
+    """jit(shard_map(fn)) donating ``carry``, compiled ahead of time for the
+    arrays as they lie; returns (compiled, seconds)."""
+    in_specs = (specs_of(carry), *[specs_of(e) for e in extra])
+    out_specs = (specs_of(carry), P(parallel.SEEDS))
+    wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
+    t0 = time.perf_counter()
+    compiled = jax.jit(wrapped, donate_argnums=(0,)).lower(carry, *extra).compile()
+    return compiled, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------
+# FLOPs of one learner update
+# ---------------------------------------------------------------------------
+
+
+def xla_flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
+    """Multiply-adds of the dense/conv layers from the parameter shapes.
+
+    A 2-D kernel [in, out] costs in*out multiply-adds per example; a 4-D (conv)
+    kernel [kh, kw, cin, cout] costs kh*kw*cin*cout per output position, with a
+    VALID stride-1 convolution over the observation (as ``MinAtarCNN``). One
+    update = forward on s + target forward on s' (+ online forward on s' for
+    Double DQN) + backward (2x forward, less the first layer's input gradient,
+    which nothing needs).
+    """
+    macs, first = 0, None
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(path)
+        if "kernel" not in name:
+            continue
+        if x.ndim == 2:
+            m = x.shape[0] * x.shape[1]
+        elif x.ndim == 4:
+            kh, kw, cin, cout = x.shape
+            m = kh * kw * cin * cout * (obs_shape[0] - kh + 1) * (obs_shape[1] - kw + 1)
+        else:
+            continue
+        first = m if first is None else first
+        macs += m
+    forward = 2 * macs  # FLOPs per example
+    passes = 2 + int(double_q)
+    per_update = batch_size * (passes * forward + 2 * forward - 2 * (first or 0))
+    return {"forward_per_example": forward, "per_update": per_update}
+
+
+# ---------------------------------------------------------------------------
+
+
+def bench(config, n: int, chunks: int) -> dict:
+    spi = config.steps_per_iteration
+    seeds = config.num_seeds
+    # The chunk the full loop runs is fns.make_chunk(n): set its length via log_every.
+    config = config.replace(log_every=n * spi).validate()
+    layout = train.choose_layout(config)
+    fns = train.make_train(config, layout=layout)
+    assert fns.config.iterations_per_chunk == n
+
+    programs = train.compile_train(fns)
+    state = programs.initial_state
+    state, _ = programs.prefill(state)
+    jax.block_until_ready(state)
+
+    # Every program as (compiled, carry of the state it donates, what else it reads,
+    # how its new carry goes back into the state). The parts are compiled for the
+    # arrays as they lie on the run's mesh.
+    mesh = parallel.make_mesh(layout)
+    parts = make_parts(fns, n)
+    getters = {
+        "acting": (lambda s: s.actor, lambda s: (s.learner.params, s.env_steps), "actor"),
+        "acting_random": (lambda s: s.actor, lambda s: (s.learner.params, s.env_steps), "actor"),
+        "replay": (lambda s: (s.replay, s.key), lambda s: (), ("replay", "key")),
+        "learner": (lambda s: s.learner, lambda s: (s.replay, s.key), "learner"),
+    }
+    stages = {"full": (programs.chunk, lambda s: s, lambda s: (), None)}
+    compile_s = {}
+    for name, (carry, extra, field) in getters.items():
+        compiled, compile_s[name] = compile_part(parts[name], mesh, carry(state), extra(state))
+        stages[name] = (compiled, carry, extra, field)
+
+    def call(name, state):
+        fn, carry, extra, field = stages[name]
+        new, out = fn(carry(state), *extra(state))
+        jax.block_until_ready((new, out))
+        if field is None:
+            return new
+        if isinstance(field, tuple):
+            return state._replace(**dict(zip(field, new, strict=True)))
+        return state._replace(**{field: new})
+
+    for name in stages:  # warm-up
+        state = call(name, state)
+    # Rounds of one call each, so that load from elsewhere falls on all alike.
+    times = {name: [] for name in stages}
+    for _ in range(chunks):
+        for name in stages:
+            t0 = time.perf_counter()
+            state = call(name, state)
+            times[name].append(time.perf_counter() - t0)
+    full_s = statistics.median(times["full"])
+    results = {k: (statistics.median(times[k]), compile_s[k]) for k in getters}
+
+    # FLOPs of one seed's update, without any device axis.
+    learner = learner_lib.learner_from_config(config, fns.network)
+    one_seed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.learner)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[2:]), x.dtype),
+        state.replay.data,
+    )
+    flops_xla = xla_flops(learner.update, one_seed, batch)
+    params = jax.tree.map(lambda x: x[0], jax.device_get(state.learner.params))
+    hand = hand_flops(params, fns.env.spec.obs_shape, config.batch_size, config.double_q)
+
+    def per_iter_us(seconds):
+        return 1e6 * seconds / n
+
+    def row(seconds, compile_s=None, name="full"):
+        out = {
+            "us_per_iteration": per_iter_us(seconds),
+            "sps": n * spi * seeds / seconds,
+            "chunk_s": seconds,
+            "chunk_s_all": times[name],
+        }
+        if compile_s is not None:
+            out["compile_s"] = compile_s
+        return out
+
+    parts_out = {k: row(*v, name=k) for k, v in results.items()}
+    sum_parts = sum(parts_out[k]["us_per_iteration"] for k in ("acting", "replay", "learner"))
+    full_us = per_iter_us(full_s)
+    updates_per_iter = config.updates_per_iteration * seeds
+    ups_learner = updates_per_iter / (parts_out["learner"]["us_per_iteration"] * 1e-6)
+    ups_full = updates_per_iter / (full_us * 1e-6)
+    nets = {
+        "acting": "(a) env steps + Q forward (acting)",
+        "acting_random": "(a') env steps, random actions",
+        "replay": f"(b) replay add + {config.updates_per_iteration} sample(s)",
+        "learner": f"(c) learner: {config.updates_per_iteration} update(s)",
+    }
+    notes = []
+    if getattr(config, "n_step", 1) > 1:
+        notes.append("the n-step window update of the full loop is in no part (it is overhead)")
+    if getattr(config, "prioritized", False):
+        notes.append("(b) also writes priorities for each sampled batch (|r| + 0.5 as |td|)")
+    if getattr(config, "exploration", "linear") != "linear":
+        notes.append("(a) acts with the linear epsilon schedule, not per-env epsilons")
+    return {
+        "notes": notes,
+        "env": config.env_name,
+        "num_seeds": seeds,
+        "layout": list(layout),
+        "iterations": n,
+        "chunks": chunks,
+        "steps_per_iteration": spi,
+        "updates_per_iteration": config.updates_per_iteration,
+        "batch_size": config.batch_size,
+        "compile_s": programs.compile_s,
+        "full_loop": row(full_s),
+        "parts": parts_out,
+        "part_labels": nets,
+        "sum_of_parts_us": sum_parts,
+        "overhead": full_us / sum_parts,
+        "learner_flops": {
+            "xla_per_update": flops_xla,
+            "hand_per_update": hand["per_update"],
+            "hand_forward_per_example": hand["forward_per_example"],
+            "updates_per_s_isolated": ups_learner,
+            "updates_per_s_full_loop": ups_full,
+            "us_per_update_per_device_isolated": parts_out["learner"]["us_per_iteration"]
+            * layout.num_devices
+            / updates_per_iter,
+            "gflops_isolated": flops_xla * ups_learner / 1e9,
+            "gflops_full_loop": flops_xla * ups_full / 1e9,
+        },
+        "load_avg_1m_end": os.getloadavg()[0],
+        "config": config.to_dict(),
+    }
+
+
+def print_report(info: dict, r: dict, mm: dict) -> None:
+    seeds, (ls, ld) = r["num_seeds"], r["layout"]
+    print(
+        f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} {info['backend']}, "
+        f"{len(info['devices'])} device(s); load average {info['load_avg_1m']:.1f} at start, "
+        f"{r['load_avg_1m_end']:.1f} at end; XLA_FLAGS={info['xla_flags']!r}"
+    )
+    print(
+        f"# {r['env']}: {seeds} seed(s) on {ls}x{ld} (seeds x data) device(s), the run's "
+        f"layout, for the full loop and every part; {r['steps_per_iteration']} env steps, "
+        f"{r['updates_per_iteration']} update(s) of batch {r['batch_size']} per iteration"
+    )
+    print(
+        f"# median of {r['chunks']} chunks of {r['iterations']} iterations after one warm-up; "
+        "each part is its own jitted lax.scan vmapped over seeds; 'us/iter' is wall time per "
+        "iteration of all seeds"
+    )
+    for note in r["notes"]:
+        print(f"# note: {note}")
+    print(f"# compile (init+prefill+chunk+evaluate, AOT): {r['compile_s']:.1f} s")
+    full = r["full_loop"]["us_per_iteration"]
+    print(f"{'':40} {'us/iter':>10} {'share':>7} {'steps/s':>10} {'compile_s':>10}")
+    print(f"{'full loop':40} {full:>10.1f} {'':>7} {r['full_loop']['sps']:>10,.0f} {'':>10}")
+    for key in ("acting", "acting_random", "replay", "learner"):
+        p = r["parts"][key]
+        share = "" if key == "acting_random" else f"{p['us_per_iteration'] / full:.0%}"
+        print(
+            f"{r['part_labels'][key]:40} {p['us_per_iteration']:>10.1f} {share:>7} "
+            f"{p['sps']:>10,.0f} {p['compile_s']:>10.1f}"
+        )
+    print(f"{'sum of parts (a + b + c)':40} {r['sum_of_parts_us']:>10.1f} "
+          f"{r['sum_of_parts_us'] / full:>7.0%}")  # fmt: skip
+    print(f"{'overhead: full loop / sum of parts':40} {r['overhead']:>10.2f}x")
+    f = r["learner_flops"]
+    print(
+        f"# matmul {mm['size']}x{mm['size']} f32 on one device: {mm['gflops']:.1f} GFLOP/s "
+        f"(median of repeats; best {mm['gflops_best']:.1f})"
+    )
+    print(
+        f"# learner FLOPs/update: XLA cost analysis {f['xla_per_update'] / 1e6:.2f} M, hand count "
+        f"(dense/conv layers) {f['hand_per_update'] / 1e6:.2f} M "
+        f"(ratio {f['xla_per_update'] / f['hand_per_update']:.2f})"
+    )
+    print(
+        f"# learner: {f['updates_per_s_isolated']:,.0f} updates/s isolated "
+        f"({f['us_per_update_per_device_isolated']:.0f} us per update per device) -> "
+        f"{f['gflops_isolated']:.1f} GFLOP/s "
+        f"({f['gflops_isolated'] / mm['gflops']:.0%} of the matmul); in the full loop "
+        f"{f['updates_per_s_full_loop']:,.0f} updates/s -> {f['gflops_full_loop']:.1f} GFLOP/s"
+    )
+
+
+def main(argv):
+    dqnx_flags.define_flags()
+    flags.FLAGS(argv)
+    fl = flags.FLAGS
+    config = dqnx_flags.config_from_flags().validate()
+    info = machine_info()
+    result = bench(config, fl.iterations, fl.chunks)
+    mm = matmul_gflops(fl.matmul_size, fl.matmul_repeats)
+    print_report(info, result, mm)
+    for value in (result["overhead"], mm["gflops"]):
+        if not math.isfinite(value):
+            print("warning: a measurement is not finite", file=sys.stderr)
+    if fl.out:
+        with open(fl.out, "w") as f:
+            json.dump({"machine": info, "matmul": mm, **result}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,122 @@
+"""Smoke tests of scripts/bench.py and scripts/bench_replay.py on tiny sizes."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def replay_result(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location(
+        "bench_replay", ROOT / "scripts" / "bench_replay.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("replay") / "replay.json"
+    result = module.main(["--capacity=320", "--batch=32", "--add=8", "--repeats=5", f"--out={out}"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    return result
+
+
+def test_bench_replay_dqnx(replay_result):
+    rows = [r for r in replay_result["results"] if r["buffer"] == "dqnx"]
+    assert len(rows) == 2
+    assert {r["obs_bytes"] for r in rows} == {16, 400}  # float32[4], bool[10, 10, 4]
+    for r in rows:
+        for key in ("add_us", "sample_us", "add_us_in_scan", "sample_us_in_scan"):
+            assert positive(r[key]), key
+        # s and s' at their own dtype, plus action, reward, terminated.
+        assert r["bytes_per_transition"] <= 2 * r["obs_bytes"] + 16
+        assert r["bytes_per_transition"] >= 2 * r["obs_bytes"] + 9
+
+
+def test_bench_replay_flashbax(replay_result):
+    pytest.importorskip("flashbax")
+    assert replay_result["flashbax"] and replay_result["flashbax_error"] is None
+    by = {(r["transitions"], r["buffer"]): r for r in replay_result["results"]}
+    for label in {t for t, _ in by}:
+        dqnx, item, flat = (by[label, b] for b in ("dqnx", "flashbax item", "flashbax flat"))
+        for r in (item, flat):
+            assert positive(r["add_us"]) and positive(r["sample_us"])
+        # The item buffer stores the same transitions; the flat one each observation once.
+        assert item["bytes_per_transition"] == pytest.approx(dqnx["bytes_per_transition"], rel=0.05)
+        assert flat["bytes_per_transition"] < dqnx["bytes_per_transition"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_run(tmp_path_factory):
+    """Starts bench.py in a subprocess before this module's first test, so that it
+    runs while the replay benchmark runs in this process; yields its result."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench.py"),
+        "--env_name=CartPole-v1",
+        "--num_seeds=1",
+        "--num_envs=4",
+        "--buffer_size=1000",
+        "--batch_size=32",
+        "--hidden_sizes=32",
+        "--learning_starts=200",
+        "--total_steps=2000",
+        "--eval_episodes=1",
+        "--iterations=20",
+        "--chunks=1",
+        "--matmul_size=128",
+        "--matmul_repeats=2",
+        f"--out={out}",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+    def result():
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "overhead" in stdout
+        return json.loads(out.read_text())
+
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def test_bench_reports_every_part(bench_run):
+    r = bench_run()
+
+    assert r["num_seeds"] == 1 and r["iterations"] == 20
+    assert r["layout"] == [1, 1]
+    for key in ("us_per_iteration", "sps", "chunk_s"):
+        assert positive(r["full_loop"][key]), key
+    assert set(r["parts"]) == {"acting", "acting_random", "replay", "learner"}
+    for name, part in r["parts"].items():
+        for key in ("us_per_iteration", "sps", "compile_s"):
+            assert positive(part[key]), (name, key)
+    assert positive(r["compile_s"])
+    parts = r["parts"]
+    expected = sum(parts[k]["us_per_iteration"] for k in ("acting", "replay", "learner"))
+    assert r["sum_of_parts_us"] == pytest.approx(expected)
+    assert r["overhead"] == pytest.approx(r["full_loop"]["us_per_iteration"] / expected)
+    assert positive(r["overhead"])
+    assert positive(r["matmul"]["gflops"]) and r["matmul"]["size"] == 128
+    flops = r["learner_flops"]
+    for key in ("xla_per_update", "hand_per_update", "gflops_isolated", "gflops_full_loop"):
+        assert positive(flops[key]), key
+    # MLP 4 -> 32 -> 2, batch 32, Double DQN: 3 forward passes + backward (2x forward,
+    # less the first layer's input gradient) = 32 * (5 * 320 - 2 * 128) multiply-add FLOPs.
+    assert flops["hand_per_update"] == 32 * (5 * 2 * (4 * 32 + 32 * 2) - 2 * 4 * 32)
+    # XLA also counts biases, activations, the loss and Adam: same order as the layers.
+    assert 0.8 < flops["xla_per_update"] / flops["hand_per_update"] < 3.0
+    assert r["machine"]["backend"] == "cpu" and r["machine"]["cores"] >= 1
