@@ -1,0 +1,143 @@
+"""Q-networks: ``PatchConv`` is ``nn.Conv(..., padding="VALID")`` (forward,
+gradients, parameters) and ``MinAtarCNN`` keeps its parameter tree."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dqnx import networks
+from dqnx.config import Config
+
+
+def assert_close(actual, desired, rtol=1e-5):
+    """Equal to ``rtol`` relative to the scale of ``desired`` (its largest
+    magnitude), and in norm."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert actual.shape == desired.shape and actual.dtype == desired.dtype
+    scale = float(np.abs(desired).max())
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale)
+    assert np.linalg.norm(actual - desired) <= rtol * np.linalg.norm(desired)
+
+
+def tree_assert_close(actual, desired, rtol=1e-5):
+    assert jax.tree.structure(actual) == jax.tree.structure(desired)
+    jax.tree.map(lambda a, d: assert_close(a, d, rtol), actual, desired)
+
+
+def random_conv_params(rng, kernel_shape, leading=()):
+    """Conv parameters drawn with numpy (cheaper than compiling a JAX RNG), with
+    a non-zero bias so its gradient path is exercised too."""
+    return {
+        "params": {
+            "kernel": jnp.asarray(rng.normal(0.0, 0.3, (*leading, *kernel_shape)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(0.0, 0.3, (*leading, kernel_shape[-1])), jnp.float32),
+        }
+    }
+
+
+def conv_pair(features=16, kernel_size=(3, 3)):
+    return nn.Conv(features, kernel_size, padding="VALID"), networks.PatchConv(
+        features, kernel_size
+    )
+
+
+@pytest.mark.parametrize("channels,kernel_size", [(4, (3, 3)), (7, (2, 3))])
+def test_patch_conv_same_params_as_nn_conv(channels, kernel_size):
+    ref, patch = conv_pair(16, kernel_size)
+    x = jnp.zeros((2, 10, 10, channels), jnp.float32)
+    key = jax.random.key(3)
+    p_ref, p_patch = ref.init(key, x), patch.init(key, x)
+    assert jax.tree.map(jnp.shape, p_ref) == jax.tree.map(jnp.shape, p_patch)
+    assert p_patch["params"]["kernel"].shape == (*kernel_size, channels, 16)
+    jax.tree.map(np.testing.assert_array_equal, p_patch, p_ref)  # bitwise: same init
+
+
+def forward_and_grads(module, target):
+    """x -> (y, d loss / d params, d loss / d x) for one module, in one program."""
+
+    def loss(p, x):
+        return jnp.mean((jax.nn.relu(module.apply(p, x)) - target) ** 2)
+
+    def fn(p, x):
+        return module.apply(p, x), *jax.grad(loss, argnums=(0, 1))(p, x)
+
+    return fn
+
+
+@pytest.mark.parametrize("channels,kernel_size", [(4, (3, 3)), (7, (2, 3))])
+def test_patch_conv_forward_and_grads_match_nn_conv(channels, kernel_size):
+    ref, patch = conv_pair(16, kernel_size)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 10, 10, channels)), jnp.float32)
+    params = random_conv_params(rng, (*kernel_size, channels, 16))
+    out_shape = (32, 11 - kernel_size[0], 11 - kernel_size[1], 16)
+    target = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    want = jax.jit(forward_and_grads(ref, target))(params, x)
+    got = jax.jit(forward_and_grads(patch, target))(params, x)
+    assert got[0].shape == out_shape
+    tree_assert_close(got, want)
+
+    # Bool observations go in uncast (patches built as bool, then promoted).
+    obs = x > 0.5
+    y = jax.jit(patch.apply)(params, obs)
+    assert y.dtype == jnp.float32
+    assert_close(y, ref.apply(params, obs.astype(jnp.float32)))
+
+
+def test_patch_conv_under_vmap_over_seeds():
+    """Per-seed parameters and data (as in training): a batched matmul."""
+    ref, patch = conv_pair()
+    seeds = 3
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(seeds, 16, 10, 10, 4)), jnp.float32)
+    params = random_conv_params(rng, (3, 3, 4, 16), leading=(seeds,))
+    target = jnp.asarray(rng.normal(size=(16, 8, 8, 16)), jnp.float32)
+    want = jax.jit(jax.vmap(forward_and_grads(ref, target)))(params, x)
+    got = jax.jit(jax.vmap(forward_and_grads(patch, target)))(params, x)
+    tree_assert_close(got, want)
+
+
+class ReferenceMinAtarCNN(nn.Module):
+    """``MinAtarCNN`` as it was with ``nn.Conv``: the parameter tree and maths
+    the patch convolution must keep."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (128,)
+    dueling: bool = False
+
+    @nn.compact
+    def __call__(self, obs):
+        h = obs.astype(jnp.float32)
+        h = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(h))
+        h = h.reshape(h.shape[0], -1)
+        for size in self.hidden_sizes:
+            h = nn.relu(nn.Dense(size)(h))
+        return networks.QHead(self.num_actions, self.dueling)(h)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_minatar_cnn_matches_nn_conv_version(dueling):
+    obs_shape, num_actions = (10, 10, 4), 3
+    net = networks.make_q_network(
+        Config(network="auto", hidden_sizes=(128,), dueling=dueling), obs_shape, num_actions
+    )
+    assert isinstance(net, networks.MinAtarCNN)
+    ref = ReferenceMinAtarCNN(num_actions, (128,), dueling)
+    obs = jnp.asarray(np.random.default_rng(5).random((8, *obs_shape)) < 0.3)
+    key = jax.random.key(2)
+    params, params_ref = net.init(key, obs), ref.init(key, obs)
+    # Same tree (params['Conv_0']['kernel'] etc.), same values from the same key.
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, params_ref)
+    assert params["params"]["Conv_0"]["kernel"].shape == (3, 3, 4, 16)
+    assert params["params"]["Conv_0"]["bias"].shape == (16,)
+    jax.tree.map(np.testing.assert_array_equal, params, params_ref)
+
+    q = jax.jit(net.apply)(params, obs)
+    assert q.shape == (8, num_actions) and q.dtype == jnp.float32
+    assert_close(q, ref.apply(params, obs))
+    batch = jax.jit(jax.vmap(net.apply, in_axes=(None, 0)))(params, obs.reshape(2, 4, *obs_shape))
+    assert batch.shape == (2, 4, num_actions)
