@@ -29,6 +29,11 @@ class Config:
       num_seeds: independent runs vmapped in one compiled program.
       num_devices: devices the seeds are spread over (0 = as many local devices as
         divide num_seeds; on CPU, one device per core).
+      seed_group_size: seeds a device advances together inside a chunk; a device
+        holding more runs its seeds group after group, each for the whole chunk,
+        which keeps a group's replay and parameters in cache on CPU (0 = auto:
+        4 on CPU, all seeds at once on accelerators). It changes results only by
+        float rounding, as the device count does.
       total_steps: environment steps per seed, prefill included.
       num_envs: environments stepped together (vmap) per seed.
       rollout_steps: env steps per environment in one iteration.
@@ -86,6 +91,7 @@ class Config:
     seed: int = 0
     num_seeds: int = 1
     num_devices: int = 0
+    seed_group_size: int = 0
     total_steps: int = 500_000
     num_envs: int = 8
     rollout_steps: int = 1
@@ -225,6 +231,7 @@ class Config:
             "checkpoint_every",
             "seed",
             "num_devices",
+            "seed_group_size",
             "process_id",
         ):
             value = getattr(self, name)
