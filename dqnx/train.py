@@ -431,7 +431,7 @@ def in_seed_groups(chunk, axes: TrainState, num_seeds: int, group: int):
 
     def run(state: TrainState):
         state_axes = leaf_axes(state)
-        out_state, out_metrics = jax.eval_shape(
+        _, out_metrics = jax.eval_shape(
             chunk,
             jax.tree.map(
                 lambda a, x: (
@@ -474,7 +474,6 @@ def in_seed_groups(chunk, axes: TrainState, num_seeds: int, group: int):
             )
             return current, metrics
 
-        del out_state
         return jax.lax.fori_loop(0, num_seeds // group, body, (state, metrics0))
 
     return run
