@@ -9,10 +9,66 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from dqnx.config import Config
+
+
+@jax.custom_vjp
+def dense_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x [..., in] @ kernel [in, out]``; its VJP gives the kernel's gradient
+    directly in the kernel's ``[in, out]`` layout (see ``Dense``)."""
+    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _dense_matmul_fwd(x, kernel):
+    return dense_matmul(x, kernel), (x, kernel)
+
+
+def _dense_matmul_bwd(residuals, g):
+    x, kernel = residuals
+    dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dkernel = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))  # x^T g: [in, out]
+    return dx, dkernel
+
+
+dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters, names, initializers and forward maths)
+    whose kernel gradient comes out in the kernel's own ``[in, out]`` layout.
+
+    Why: JAX differentiates ``x @ W`` into ``(g^T x)^T``, an ``[out, in]``
+    matmul and a transpose. XLA:CPU fuses that transpose into each consumer of
+    the gradient (the Adam moments and update), which then read it with a
+    stride: on the 1024 -> 128 layer of the MinAtar network those three
+    fusions took ~350 us of a ~1180 us learner update (1 seed, jax 0.10.2).
+    Computing ``x^T g`` directly removes them: ~1000 us per update, and a
+    little faster on the CartPole MLP (160 -> 150 us). The gradient is the same
+    sum of the same products; its float rounding may differ in the last bit.
+
+    Only first-order reverse mode is defined (``jax.grad``/``jax.vjp``; a
+    ``custom_vjp``): forward-mode or higher-order differentiation through it
+    raises. ``precision`` and ``dot_general`` are not used.
+    """
+
+    @nn.compact
+    def __call__(self, inputs):
+        kernel = self.param(
+            "kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = dense_matmul(inputs, kernel)
+        if bias is not None:
+            y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return y
 
 
 class QHead(nn.Module):
@@ -25,9 +81,9 @@ class QHead(nn.Module):
     @nn.compact
     def __call__(self, h):
         if not self.dueling:
-            return nn.Dense(self.num_actions, name="q")(h)
-        value = nn.Dense(1, name="value")(h)  # [B, 1]
-        adv = nn.Dense(self.num_actions, name="advantage")(h)  # [B, A]
+            return Dense(self.num_actions, name="q")(h)
+        value = Dense(1, name="value")(h)  # [B, 1]
+        adv = Dense(self.num_actions, name="advantage")(h)  # [B, A]
         return value + adv - adv.mean(axis=-1, keepdims=True)
 
 
@@ -42,7 +98,7 @@ class MLP(nn.Module):
     def __call__(self, obs):
         h = obs.reshape(obs.shape[0], -1).astype(jnp.float32)  # [B, D]
         for size in self.hidden_sizes:
-            h = nn.relu(nn.Dense(size)(h))
+            h = nn.relu(Dense(size)(h))
         return QHead(self.num_actions, self.dueling)(h)
 
 
@@ -119,7 +175,7 @@ class MinAtarCNN(nn.Module):
         h = nn.relu(PatchConv(16, (3, 3), name="Conv_0")(obs))
         h = h.reshape(h.shape[0], -1)
         for size in self.hidden_sizes:
-            h = nn.relu(nn.Dense(size)(h))
+            h = nn.relu(Dense(size)(h))
         return QHead(self.num_actions, self.dueling)(h)
 
 

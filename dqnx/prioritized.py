@@ -13,8 +13,10 @@ and are never sampled.
   tree together, ``log2(T)`` steps of a ``fori_loop`` of vectorized gathers.
 * ``add`` and ``update_priorities`` set leaves and then recompute every
   parent on their paths from its two children (no running deltas, so sums
-  never drift). Among duplicate indices in one ``update_priorities`` call the
-  largest priority wins, whatever their order.
+  never drift). An aligned ``add`` (``add_batch_size`` divides the capacity)
+  writes a run of slots, whose ancestors are a run on every level: it updates
+  each level with one slice instead of a scatter. Among duplicate indices in
+  one ``update_priorities`` call the largest priority wins, whatever their order.
 * New items get the largest raw priority seen so far (``max_priority``,
   initially 1), so each is likely to be replayed at least once.
 
@@ -106,6 +108,36 @@ def set_leaves(tree: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Arra
     return tree
 
 
+def set_contiguous_leaves(tree: jax.Array, start: jax.Array, values: jax.Array) -> jax.Array:
+    """``set_leaves`` for the ``K`` consecutive slots ``start .. start + K - 1``
+    (no wrap-around), without scatters: the ancestors of a run of leaves are a
+    run on every level, so each level is one slice of the level below, summed in
+    pairs, written back with one dynamic-update-slice. Each level rewrites a
+    window of ``ceil(K / 2^l) + 1`` nodes (clamped to the level), a superset of
+    the ancestors; a node outside them is rewritten with the sum it already has.
+
+    Args:
+      tree: float32 [2 * L] sum tree with L a power of two.
+      start: int32 [] first slot; ``start + K <= L``.
+      values: float32 [K] non-negative leaf values.
+    """
+    num_leaves = tree.shape[0] // 2
+    depth = num_leaves.bit_length() - 1
+    (k,) = values.shape
+    start = jnp.asarray(start, jnp.int32)
+    tree = jax.lax.dynamic_update_slice(tree, values.astype(tree.dtype), (num_leaves + start,))
+    lo, width = num_leaves + start, k  # the run of nodes just written (lo traced)
+    for level in range(depth - 1, -1, -1):  # parents live in [2^level, 2^(level+1))
+        size = 1 << level
+        m = min(size, -(-width // 2) + 1)  # enough for any alignment of the run
+        parent = jnp.clip(lo // 2, size, 2 * size - m)
+        children = jax.lax.dynamic_slice(tree, (2 * parent,), (2 * m,))
+        sums = children[0::2] + children[1::2]
+        tree = jax.lax.dynamic_update_slice(tree, sums, (parent,))
+        lo, width = lo // 2, m
+    return tree
+
+
 def stratified_find(tree: jax.Array, key: jax.Array, batch_size: int) -> jax.Array:
     """Leaf indices [batch_size], one drawn in each of ``batch_size`` equal mass segments.
 
@@ -158,6 +190,7 @@ def prioritized_replay(
             f"need priority_exponent >= 0 and eps >= 0, got {priority_exponent}, {eps}"
         )
     uniform = replay.uniform_replay(capacity, add_batch_size)
+    contiguous = add_batch_size is not None and capacity % add_batch_size == 0
     num_leaves = tree_leaves(capacity)
     alpha = float(priority_exponent)
 
@@ -178,7 +211,11 @@ def prioritized_replay(
         else:
             raw = jnp.abs(jnp.asarray(priorities, jnp.float32)) + eps
             max_priority = jnp.maximum(max_priority, jnp.max(raw))
-        tree = set_leaves(state.tree, slots, raw**alpha)
+        leaf_values = jnp.broadcast_to(jnp.asarray(raw**alpha, jnp.float32), (n,))
+        if contiguous or n == 1:  # pos is a multiple of n: the slots never wrap
+            tree = set_contiguous_leaves(state.tree, state.pos, leaf_values)
+        else:
+            tree = set_leaves(state.tree, slots, leaf_values)
         return PrioritizedState(base.data, base.pos, base.size, tree, max_priority)
 
     def sample(state: PrioritizedState, key: jax.Array, batch_size: int, beta):

@@ -115,11 +115,16 @@ class TrainFns:
     layout: parallel.Layout
     init: Callable[..., TrainState]
     prefill: Callable[[TrainState], tuple[TrainState, EpisodeStats]]
-    make_chunk: Callable[[int], Callable[[TrainState], tuple[TrainState, ChunkMetrics]]]
+    run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
     evaluate: Callable[[TrainState], jax.Array]
+
+    def make_chunk(self, num_iterations: int):
+        """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
+        return functools.partial(self.run_chunk, num_iterations=num_iterations)
 
     @property
     def chunk(self):
+        """``make_chunk`` of the config's ``iterations_per_chunk``."""
         return self.make_chunk(self.config.iterations_per_chunk)
 
 
@@ -148,7 +153,8 @@ def make_train(
 
     Returns:
       ``TrainFns`` with ``init(keys=seed_keys(config)) -> state``,
-      ``prefill(state)``, ``make_chunk(n)(state) -> (state, ChunkMetrics)`` and
+      ``prefill(state)``, ``run_chunk(state, n) -> (state, ChunkMetrics)``
+      (``n`` iterations; a Python int or a traced int32 scalar) and
       ``evaluate(state) -> eval returns [S, eval_episodes]``.
     """
     layout = layout or parallel.Layout()
@@ -326,41 +332,49 @@ def make_train(
         state, stats = jax.lax.scan(body, state, None, length=config.prefill_iterations)
         return state, jax.tree.map(lambda x: x.sum(0), stats)
 
-    def make_chunk_all_seeds(num_iterations: int):
-        def chunk(state: TrainState):
-            def body(state, _):
-                state, stats, metrics = iteration(state)
-                return state, (stats, metrics)
+    # jit-wrapped so that the shapes taken below and the loop body share one
+    # trace (an inner jit is inlined by XLA).
+    traced_iteration = jax.jit(iteration)
 
-            start = state.env_steps
-            state, (stats, metrics) = jax.lax.scan(body, state, None, length=num_iterations)
-            total = jax.tree.map(lambda x: x.sum(0), (stats, metrics))
-            # [n, S] losses -> env step of each seed's first non-finite one (or -1).
-            steps = start + steps_per_iteration * (1 + jnp.arange(num_iterations))
+    def chunk_all_seeds(state: TrainState, num_iterations):
+        # Per-chunk sums are carried, not stacked, so the trip count may be a
+        # traced scalar: one compiled chunk runs any number of iterations.
+        _, stats0, metrics0 = jax.eval_shape(traced_iteration, state)
+        zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)  # noqa: E731
+        start = state.env_steps
+
+        def body(i, carry):
+            state, stats_sum, metrics_sum, first = carry
+            state, stats, metrics = traced_iteration(state)
+            # Env step of each seed's first non-finite loss (or -1).
+            step = start + steps_per_iteration * (i + 1)
             bad = ~jnp.isfinite(metrics["loss"])
-            first = jnp.where(bad.any(0), steps[jnp.argmax(bad, axis=0)], -1)
-            finite = jax.vmap(
-                lambda p: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(p)]))
-            )(state.learner.params)
-            return state, ChunkMetrics(
-                episodes=total[0],
-                loss_sum=total[1]["loss"],
-                q_sum=total[1]["q_mean"],
-                first_nonfinite=first.astype(jnp.int32),
-                params_finite=finite,
-                num_updates=jnp.int32(num_iterations * config.updates_per_iteration),
-            )
+            first = jnp.where((first < 0) & bad, step, first)
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+            return state, add(stats_sum, stats), add(metrics_sum, metrics), first
 
-        return chunk
+        first0 = jnp.full(metrics0["loss"].shape, -1, jnp.int32)
+        state, stats, metrics, first = jax.lax.fori_loop(
+            0, num_iterations, body, (state, zeros(stats0), zeros(metrics0), first0)
+        )
+        finite = jax.vmap(
+            lambda p: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(p)]))
+        )(state.learner.params)
+        return state, ChunkMetrics(
+            episodes=stats,
+            loss_sum=metrics["loss"],
+            q_sum=metrics["q_mean"],
+            first_nonfinite=first.astype(jnp.int32),
+            params_finite=finite,
+            num_updates=jnp.asarray(num_iterations * config.updates_per_iteration, jnp.int32),
+        )
 
     local_seeds = config.num_seeds // layout.seeds
     group = seed_group_size(config, local_seeds)
-
-    def make_chunk(num_iterations: int):
-        chunk = make_chunk_all_seeds(num_iterations)
-        if group == local_seeds:
-            return chunk
-        return in_seed_groups(chunk, axes, local_seeds, group)
+    if group == local_seeds:
+        run_chunk = chunk_all_seeds
+    else:
+        run_chunk = in_seed_groups(chunk_all_seeds, axes, local_seeds, group)
 
     eval_envs = config.eval_episodes
     batch_reset = jax.vmap(env.reset)
@@ -379,7 +393,11 @@ def make_train(
         def body(c):
             t, obs, env_state, key, finished, returns = c
             key, k_act, k_env = jax.random.split(key, 3)
-            action = epsilon_greedy(k_act, network.apply(params, obs), config.eval_epsilon)
+            q = network.apply(params, obs)
+            if config.eval_epsilon > 0:
+                action = epsilon_greedy(k_act, q, config.eval_epsilon)
+            else:  # the same actions; no random draws to compile
+                action = jnp.argmax(q, axis=-1).astype(jnp.int32)
             env_state, step = batch_step(jax.random.split(k_env, eval_envs), env_state, action)
             returns = returns + jnp.where(finished, 0.0, step.reward)
             return t + 1, step.obs, env_state, key, finished | step.done, returns
@@ -395,7 +413,7 @@ def make_train(
         return jax.vmap(evaluate_one)(state.learner.params, keys)
 
     return TrainFns(
-        config, env, network, actor, learner, buffer, layout, init, prefill, make_chunk, evaluate
+        config, env, network, actor, learner, buffer, layout, init, prefill, run_chunk, evaluate
     )
 
 
@@ -429,10 +447,10 @@ def in_seed_groups(chunk, axes: TrainState, num_seeds: int, group: int):
             is_leaf=lambda x: x is None,
         )
 
-    def run(state: TrainState):
+    def run(state: TrainState, *args, **kwargs):
         state_axes = leaf_axes(state)
         _, out_metrics = jax.eval_shape(
-            chunk,
+            lambda sub: chunk(sub, *args, **kwargs),
             jax.tree.map(
                 lambda a, x: (
                     x if a == shared else jax.ShapeDtypeStruct((group, *x.shape[1:]), x.dtype)
@@ -458,7 +476,7 @@ def in_seed_groups(chunk, axes: TrainState, num_seeds: int, group: int):
                 current,
                 state,
             )
-            sub, m = chunk(sub)
+            sub, m = chunk(sub, *args, **kwargs)
             current = jax.tree.map(
                 lambda a, x, y: (
                     y if a == shared else jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)
@@ -527,66 +545,99 @@ def default_workdir(name: str) -> str:
     return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _compile(jitted, *args):
-    """Ahead-of-time compiles ``jitted`` for ``args``; returns (compiled, seconds)."""
-    import time
-
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
 class Compiled(NamedTuple):
-    """The compiled programs of a run, placed on its devices."""
+    """The compiled programs of a run, placed on its devices.
+
+    ``chunk(state, num_iterations=None)`` runs ``num_iterations`` iterations
+    (default: the config's ``iterations_per_chunk``); one program serves every
+    length, so a run's last, shorter chunk compiles nothing."""
 
     init: Any
     initial_state: TrainState
     prefill: Any
-    chunk: Any
+    chunk: Callable[..., tuple[TrainState, ChunkMetrics]]
     evaluate: Any
-    make_chunk: Callable[[int], Any]  # compiles a chunk of another length
-    compile_s: float
+    compile_s: float  # wall seconds from the first lowering to the last compile
+    compile_parts_s: dict  # {program: seconds}, lowering and compile (threads overlap)
     layout: parallel.Layout
 
 
 def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     """Compiles ``fns`` for its ``layout`` (seeds x data devices), ahead of time.
 
-    With ``training=False`` only ``init`` and ``evaluate`` are compiled
-    (``prefill`` and ``chunk`` are None): enough to evaluate a checkpoint."""
+    Each program compiles on a worker thread as soon as it is lowered (later
+    ones lower on the abstract initial state), so lowering, which holds the
+    GIL, overlaps with compiling, which does not. With ``training=False`` only ``init``
+    and ``evaluate`` are compiled (``prefill`` and ``chunk`` are None): enough
+    to evaluate a checkpoint."""
+    import time
+
     from jax.sharding import PartitionSpec as P
 
+    from dqnx import xla
+
+    t_start = time.perf_counter()
+    xla.prepare()
     mesh = parallel.make_mesh(fns.layout)
     specs = state_specs(fns.config)
-    per_seed = P(parallel.SEEDS)
-    metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, P())
+    per_seed, replicated = P(parallel.SEEDS), P()
+    metric_specs = ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, replicated)
 
-    # Made by a jitted function so every process builds its shards of the same keys.
+    def scalar(n: int):
+        # Made by jitted functions so every process builds its shards of the same arrays.
+        return jax.jit(lambda: jnp.int32(n), out_shardings=parallel.shardings(mesh, replicated))()
+
     keys = jax.jit(
         lambda: seed_keys(fns.config), out_shardings=parallel.shardings(mesh, per_seed)
     )()
-    init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
-    init_c, t_init = _compile(jax.jit(init, out_shardings=parallel.shardings(mesh, specs)), keys)
-    # Lowering on the initial state gives every later program its shardings.
-    state = init_c(keys)
+    default_n = fns.config.iterations_per_chunk
+    chunk_n = scalar(default_n)
+    lower_s = {}
 
-    def build(fn, out_specs, donate=True):
-        wrapped = parallel.spmd(fn, mesh, (specs,), out_specs)
-        return _compile(jax.jit(wrapped, donate_argnums=(0,) if donate else ()), state)
+    def spmd_jit(fn, in_specs, out_specs, donate=True):
+        wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
+        return jax.jit(wrapped, donate_argnums=(0,) if donate else ())
 
-    prefill_c, t_prefill, chunk_c, t_chunk = None, 0.0, None, 0.0
+    with xla.ParallelCompiler() as compiler:
+
+        def lower(name, jitted, *args, hot=False, run_once=False):
+            t0 = time.perf_counter()
+            lowered = jitted.lower(*args)
+            lower_s[name] = time.perf_counter() - t0
+            compiler.submit(name, lowered, hot, run_once)  # compiles while the next lowers
+            return lowered
+
+        init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
+        init_jit = jax.jit(init, out_shardings=parallel.shardings(mesh, specs))
+        # The abstract initial state, shardings included, is what the others lower on.
+        state_info = lower("init", init_jit, keys, run_once=True).out_info
+        if training:
+            lower("chunk", spmd_jit(fns.run_chunk, (specs, replicated), (specs, metric_specs)),
+                  state_info, chunk_n, hot=True)  # fmt: skip
+            lower("prefill", spmd_jit(fns.prefill, (specs,), (specs, per_seed)), state_info,
+                  run_once=True)  # fmt: skip
+        lower("evaluate", spmd_jit(fns.evaluate, (specs,), per_seed, donate=False), state_info)
+        compiled, compile_s = compiler.results()
+    state = compiled["init"](keys)
+
+    chunk = None
     if training:
-        prefill_c, t_prefill = build(fns.prefill, (specs, per_seed))
-        chunk_c, t_chunk = build(fns.chunk, (specs, metric_specs))
-    eval_c, t_eval = build(fns.evaluate, per_seed, donate=False)
+        chunk_c, counts = compiled["chunk"], {default_n: chunk_n}
+
+        def chunk(state, num_iterations=None):
+            n = default_n if num_iterations is None else int(num_iterations)
+            if n not in counts:
+                counts[n] = scalar(n)
+            return chunk_c(state, counts[n])
+
     return Compiled(
-        init=init_c,
+        init=compiled["init"],
         initial_state=state,
-        prefill=prefill_c,
-        chunk=chunk_c,
-        evaluate=eval_c,
-        make_chunk=lambda n: build(fns.make_chunk(n), (specs, metric_specs)),
-        compile_s=t_init + t_prefill + t_chunk + t_eval,
+        prefill=compiled.get("prefill"),
+        chunk=chunk,
+        evaluate=compiled["evaluate"],
+        compile_s=time.perf_counter() - t_start,
+        compile_parts_s={k: lower_s[k] + compile_s[k] for k in compiled},
         layout=fns.layout,
     )
 
@@ -854,19 +905,11 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
 
             remaining = config.train_iterations - (env_steps - prefill_steps) // spi
             chunk_iters = config.iterations_per_chunk
-            tail_c = None
             while remaining > 0:
                 stop_if_signalled(state, env_steps)
                 n = min(chunk_iters, remaining)
-                if n == chunk_iters:
-                    step_fn = chunk_c
-                else:
-                    if tail_c is None:
-                        tail_c, tail_s = programs.make_chunk(n)
-                        compile_s += tail_s
-                    step_fn = tail_c
                 t0 = time.perf_counter()
-                state, m = step_fn(state)
+                state, m = chunk_c(state, n)
                 m = parallel.to_host(m)
                 dt = time.perf_counter() - t0
                 train_s += dt

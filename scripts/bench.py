@@ -8,10 +8,12 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
 * **full loop**: ``train.compile_train`` (ahead-of-time lower + compile of init,
   prefill, a chunk of ``--iterations`` iterations and evaluate, timed together as
   ``run`` reports it), prefill, one warm-up chunk, then ``--chunks`` timed
-  chunks (median). The chunk is ``fns.make_chunk(--iterations)``.
+  chunks (median). The chunk is ``fns.make_chunk(--iterations)``; a device runs
+  its seeds in groups (``--seed_group_size``), one group after another.
 * **parts in isolation**, each its own jitted ``lax.scan`` over ``--iterations``
   iterations, vmapped over seeds as in ``train.py`` and run with the same
-  (seeds x data) device layout and state as the full loop (``shard_map``):
+  (seeds x data) device layout as the full loop (``shard_map``), on one seed
+  group per device (times multiplied by the number of groups):
   (a) actor rollout with the current parameters (env steps *and* the
   Q-network forward pass that picks the actions), (a') the same with uniformly
   random actions (no network), (b) replay add + ``updates_per_iteration``
@@ -30,13 +32,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dqnx import parallel  # noqa: E402
+from scripts.machine import machine_info  # noqa: E402
 
 parallel.use_all_cpu_cores()
 
@@ -59,28 +61,6 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 # ---------------------------------------------------------------------------
 # Machine and timing helpers
 # ---------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.local_devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_avg_1m": os.getloadavg()[0],
-    }
 
 
 def matmul_gflops(n: int, repeats: int) -> dict:
@@ -298,7 +278,7 @@ def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
 def bench(config, n: int, chunks: int) -> dict:
     spi = config.steps_per_iteration
     seeds = config.num_seeds
-    # The chunk the full loop runs is fns.make_chunk(n): set its length via log_every.
+    # The chunk the full loop runs is fns.chunk: set its length via log_every.
     config = config.replace(log_every=n * spi).validate()
     layout = train.choose_layout(config)
     fns = train.make_train(config, layout=layout)
@@ -309,11 +289,25 @@ def bench(config, n: int, chunks: int) -> dict:
     state, _ = programs.prefill(state)
     jax.block_until_ready(state)
 
+    # The full loop runs a device's seeds group after group (train.in_seed_groups).
+    # The parts do the same: each is timed on one group per device and its time
+    # multiplied by the number of groups.
+    local_seeds = seeds // layout.seeds
+    group = train.seed_group_size(config, local_seeds)
+    groups = local_seeds // group
+    part_fns = fns
+    part_state = state
+    if groups > 1:
+        part_fns = train.make_train(config.replace(num_seeds=group * layout.seeds), layout=layout)
+        part_programs = train.compile_train(part_fns)
+        part_state, _ = part_programs.prefill(part_programs.initial_state)
+        jax.block_until_ready(part_state)
+
     # Every program as (compiled, carry of the state it donates, what else it reads,
     # how its new carry goes back into the state). The parts are compiled for the
     # arrays as they lie on the run's mesh.
     mesh = parallel.make_mesh(layout)
-    parts = make_parts(fns, n)
+    parts = make_parts(part_fns, n)
     getters = {
         "acting": (lambda s: s.actor, lambda s: (s.learner.params, s.env_steps), "actor"),
         "acting_random": (lambda s: s.actor, lambda s: (s.learner.params, s.env_steps), "actor"),
@@ -323,8 +317,11 @@ def bench(config, n: int, chunks: int) -> dict:
     stages = {"full": (programs.chunk, lambda s: s, lambda s: (), None)}
     compile_s = {}
     for name, (carry, extra, field) in getters.items():
-        compiled, compile_s[name] = compile_part(parts[name], mesh, carry(state), extra(state))
+        compiled, compile_s[name] = compile_part(
+            parts[name], mesh, carry(part_state), extra(part_state)
+        )
         stages[name] = (compiled, carry, extra, field)
+    states = {"full": state, "parts": part_state}
 
     def call(name, state):
         fn, carry, extra, field = stages[name]
@@ -336,15 +333,20 @@ def bench(config, n: int, chunks: int) -> dict:
             return state._replace(**dict(zip(field, new, strict=True)))
         return state._replace(**{field: new})
 
+    def which(name):  # the state a program reads and updates (donated, so never both)
+        return "full" if name == "full" or groups == 1 else "parts"
+
     for name in stages:  # warm-up
-        state = call(name, state)
+        states[which(name)] = call(name, states[which(name)])
     # Rounds of one call each, so that load from elsewhere falls on all alike.
     times = {name: [] for name in stages}
     for _ in range(chunks):
         for name in stages:
             t0 = time.perf_counter()
-            state = call(name, state)
-            times[name].append(time.perf_counter() - t0)
+            states[which(name)] = call(name, states[which(name)])
+            seconds = time.perf_counter() - t0
+            times[name].append(seconds if name == "full" else seconds * groups)
+    state = states["full"]
     full_s = statistics.median(times["full"])
     results = {k: (statistics.median(times[k]), compile_s[k]) for k in getters}
 
@@ -386,6 +388,12 @@ def bench(config, n: int, chunks: int) -> dict:
         "learner": f"(c) learner: {config.updates_per_iteration} update(s)",
     }
     notes = []
+    if groups > 1:
+        notes.append(
+            f"the full loop runs each device's {local_seeds} seeds as {groups} groups of "
+            f"{group} one after another; each part is timed on one group per device and "
+            f"its time multiplied by {groups}"
+        )
     if getattr(config, "n_step", 1) > 1:
         notes.append("the n-step window update of the full loop is in no part (it is overhead)")
     if getattr(config, "prioritized", False):
@@ -396,6 +404,7 @@ def bench(config, n: int, chunks: int) -> dict:
         "notes": notes,
         "env": config.env_name,
         "num_seeds": seeds,
+        "seed_group_size": group,
         "layout": list(layout),
         "iterations": n,
         "chunks": chunks,
@@ -430,7 +439,8 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
     print(
         f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} {info['backend']}, "
         f"{len(info['devices'])} device(s); load average {info['load_avg_1m']:.1f} at start, "
-        f"{r['load_avg_1m_end']:.1f} at end; XLA_FLAGS={info['xla_flags']!r}"
+        f"{r['load_avg_1m_end']:.1f} at end; XLA_FLAGS={info['xla_flags']!r}; dqnx XLA CPU "
+        f"tuning {'on' if info['dqnx_xla_cpu_tuning'] else 'off (DQNX_XLA_CPU_TUNING=0)'}"
     )
     print(
         f"# {r['env']}: {seeds} seed(s) on {ls}x{ld} (seeds x data) device(s), the run's "
@@ -444,7 +454,10 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
     )
     for note in r["notes"]:
         print(f"# note: {note}")
-    print(f"# compile (init+prefill+chunk+evaluate, AOT): {r['compile_s']:.1f} s")
+    print(
+        f"# compile (init, prefill, chunk, evaluate; lowered and compiled ahead of time, "
+        f"compiles in parallel threads): {r['compile_s']:.1f} s"
+    )
     full = r["full_loop"]["us_per_iteration"]
     print(f"{'':40} {'us/iter':>10} {'share':>7} {'steps/s':>10} {'compile_s':>10}")
     print(f"{'full loop':40} {full:>10.1f} {'':>7} {r['full_loop']['sps']:>10,.0f} {'':>10}")

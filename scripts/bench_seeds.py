@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dqnx import parallel  # noqa: E402
+from scripts.machine import machine_info  # noqa: E402
 
 parallel.use_all_cpu_cores()
 
@@ -59,17 +59,12 @@ def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
     base = dqnx_flags.config_from_flags().validate()
-    info = {
-        "config": base.env_name,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.local_devices()],
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "jax": jax.__version__,
-    }
+    info = {"config": base.env_name, **machine_info()}
     print(
-        f"# {info['config']} on {info['backend']} ({info['cores']} cores, "
-        f"{len(info['devices'])} device(s)), jax {info['jax']}"
+        f"# {info['config']} on {info['backend']}: {info['cpu']} ({info['cores']} cores, "
+        f"{len(info['devices'])} device(s)), jax {info['jax']}, XLA CPU tuning "
+        f"{'on' if info['dqnx_xla_cpu_tuning'] else 'off (DQNX_XLA_CPU_TUNING=0)'}, "
+        f"load average {info['load_avg_1m']:.1f} at start"
     )
     print(f"{'seeds':>6} {'seeds x data':>13} {'compile_s':>10} {'steps/s':>12}")
     rows = []

@@ -63,7 +63,8 @@ def bench_run(tmp_path_factory):
         sys.executable,
         str(ROOT / "scripts" / "bench.py"),
         "--env_name=CartPole-v1",
-        "--num_seeds=1",
+        "--num_seeds=4",
+        "--seed_group_size=1",  # 2 seeds per device, run as 2 groups: parts per group
         "--num_envs=4",
         "--buffer_size=1000",
         "--batch_size=32",
@@ -96,8 +97,9 @@ def bench_run(tmp_path_factory):
 def test_bench_reports_every_part(bench_run):
     r = bench_run()
 
-    assert r["num_seeds"] == 1 and r["iterations"] == 20
-    assert r["layout"] == [1, 1]
+    assert r["num_seeds"] == 4 and r["iterations"] == 20
+    assert r["layout"] == [2, 1] and r["seed_group_size"] == 1
+    assert any("2 groups of 1" in note for note in r["notes"])
     for key in ("us_per_iteration", "sps", "chunk_s"):
         assert positive(r["full_loop"][key]), key
     assert set(r["parts"]) == {"acting", "acting_random", "replay", "learner"}

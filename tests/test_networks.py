@@ -141,3 +141,39 @@ def test_minatar_cnn_matches_nn_conv_version(dueling):
     assert_close(q, ref.apply(params, obs))
     batch = jax.jit(jax.vmap(net.apply, in_axes=(None, 0)))(params, obs.reshape(2, 4, *obs_shape))
     assert batch.shape == (2, 4, num_actions)
+
+
+def test_dense_is_nn_dense_with_the_same_gradients():
+    """``networks.Dense``: nn.Dense's parameters (names, shapes, initial values),
+    forward values, and gradients (input and kernel, checked against NumPy too),
+    also under vmap over per-seed parameters."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 24)), jnp.float32)
+    ours, theirs = networks.Dense(7), nn.Dense(7)
+    p = ours.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, p, theirs.init(jax.random.key(1), x))
+    p = {"params": {"kernel": p["params"]["kernel"], "bias": jnp.asarray(rng.normal(size=7))}}
+    assert_close(ours.apply(p, x), theirs.apply(p, x))
+    g = jnp.asarray(rng.normal(size=(32, 7)), jnp.float32)
+
+    def grads(module, p, x):
+        return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * g), argnums=(0, 1))(p, x)
+
+    (gp, gx), (tp, tx) = grads(ours, p, x), grads(theirs, p, x)
+    tree_assert_close(gp, tp)
+    assert_close(gx, tx)
+    xn, gn = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    assert_close(np.asarray(gp["params"]["kernel"], np.float64), xn.T @ gn)
+    # Per-seed parameters and inputs, as the learner vmaps them.
+    seeds = jax.vmap(lambda k: ours.init(k, x))(jax.random.split(jax.random.key(2), 3))
+    xs = jnp.stack([x, 2 * x, -x])
+    ours_v = jax.vmap(lambda p, x: grads(ours, p, x))(seeds, xs)
+    theirs_v = jax.vmap(lambda p, x: grads(theirs, p, x))(seeds, xs)
+    tree_assert_close(ours_v, theirs_v)
+
+
+def test_networks_use_dense_and_keep_parameter_names():
+    mlp = networks.MLP(3, (16, 8), dueling=True)
+    params = mlp.init(jax.random.key(0), jnp.zeros((2, 5)))["params"]
+    assert set(params) == {"Dense_0", "Dense_1", "QHead_0"}
+    assert set(params["QHead_0"]) == {"value", "advantage"}

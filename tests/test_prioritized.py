@@ -228,3 +228,38 @@ def test_sample_does_not_recompile():
     sample(state, jax.random.key(1), 8, 0.7)
     sample(buf.update_priorities(state, jnp.arange(3), jnp.ones(3)), jax.random.key(2), 8, 1.0)
     assert sample._cache_size() == size
+
+
+def numpy_sum_tree(leaf_values):
+    """Reference: a sum tree built bottom-up in NumPy from all leaf values."""
+    leaves = len(leaf_values)
+    tree = np.zeros(2 * leaves, np.float32)
+    tree[leaves:] = leaf_values
+    for k in range(leaves - 1, 0, -1):
+        tree[k] = tree[2 * k] + tree[2 * k + 1]
+    return tree
+
+
+@pytest.mark.parametrize("leaves", [1, 2, 8, 64])
+def test_contiguous_leaves_match_numpy_and_scatter_path(leaves):
+    rng = np.random.default_rng(leaves)
+    base = rng.exponential(size=leaves).astype(np.float32)
+    tree = jnp.asarray(numpy_sum_tree(base))
+    contiguous = jax.jit(prioritized.set_contiguous_leaves)
+    scatter = jax.jit(prioritized.set_leaves)
+    runs = {(0, leaves), (leaves - 1, 1), (0, 1)}
+    runs |= {
+        (int(s), int(k))
+        for s in rng.integers(0, leaves, 12)
+        for k in [rng.integers(1, leaves - s + 1)]
+    }
+    for start, k in sorted(runs):
+        values = rng.exponential(size=k).astype(np.float32)
+        expected_leaves = base.copy()
+        expected_leaves[start : start + k] = values
+        got = np.asarray(contiguous(tree, jnp.int32(start), jnp.asarray(values)))
+        np.testing.assert_array_equal(
+            got, numpy_sum_tree(expected_leaves), err_msg=f"{start=} {k=}"
+        )
+        slots = jnp.arange(start, start + k, dtype=jnp.int32)
+        np.testing.assert_array_equal(got, np.asarray(scatter(tree, slots, jnp.asarray(values))))

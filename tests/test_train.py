@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,6 +64,43 @@ def test_chunk_does_not_recompile(tiny_fns):
     assert int(metrics.num_updates) == 100
     loss = np.asarray(metrics.loss_sum)
     assert loss.shape == (2,) and np.isfinite(loss).all() and (loss > 0).all()
+
+
+def test_one_chunk_program_runs_any_length(tiny_fns):
+    """The trip count is a traced scalar: 3 then 2 iterations equal 5, one compile."""
+    run = jax.jit(tiny_fns.run_chunk)
+    start, _ = jax.jit(tiny_fns.prefill)(jax.jit(tiny_fns.init)())
+    a, m3 = run(start, jnp.int32(3))
+    a, m2 = run(a, jnp.int32(2))
+    b, m5 = run(start, jnp.int32(5))
+    assert run._cache_size() == 1
+    assert int(a.env_steps) == int(b.env_steps) == 200 + 5 * 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_allclose(m3.loss_sum + m2.loss_sum, m5.loss_sum, rtol=1e-5)
+    assert int(m3.num_updates) + int(m2.num_updates) == int(m5.num_updates) == 5
+
+
+def test_chunk_reports_the_env_step_of_the_first_nonfinite_loss():
+    """A learner whose loss turns NaN from its 4th update on: the chunk names the
+    env step of that iteration (200 prefill steps + 4 iterations of 4 steps)."""
+    from dqnx import learner as learner_lib
+
+    config = TINY.validate()
+    network = dqnx.networks.make_q_network(config, (4,), 2)
+    base = learner_lib.learner_from_config(config, network)
+
+    def update(state, batch):
+        state, metrics = base.update(state, batch)
+        loss = jnp.where(state.num_updates >= 4, jnp.nan, metrics["loss"])
+        return state, dict(metrics, loss=loss)
+
+    fns = train.make_train(config, network=network, learner=learner_lib.Learner(base.init, update))
+    state, _ = jax.jit(fns.prefill)(jax.jit(fns.init)())
+    _, metrics = jax.jit(fns.run_chunk)(state, jnp.int32(10))
+    np.testing.assert_array_equal(np.asarray(metrics.first_nonfinite), [216, 216])
 
 
 def test_run_is_deterministic_and_writes_contract_files(tmp_path):

@@ -1,0 +1,134 @@
+"""How dqnx asks XLA to compile on CPU, and parallel ahead-of-time compiles.
+
+Two CPU-only settings, each measured on ``cartpole_reference.flags`` (2-core
+AMD EPYC, jax 0.10.2; ``scripts/bench.py`` and the note of issue 6):
+
+* **Threefry unrolled.** On CPU, JAX lowers every random-bits call to a
+  5-trip ``while`` loop (compiles a little faster on its own). A DQN chunk has a
+  dozen of them per iteration (acting, env resets, sampling) and each loop trip
+  is a separate kernel launch on XLA's CPU runtime. The accelerator lowering,
+  an unrolled out-of-line function, makes the same bits with one fused kernel:
+  1-seed CartPole runs ~10% faster, same numbers bit for bit.
+* **Legacy fusion emitters** (``xla_cpu_use_fusion_emitters=False``): the
+  chunk compiles in ~1.4 s instead of ~2.1 s at the same speed. The numbers
+  differ from the default emitters in the last bits of float math (e.g. ``cos``
+  in CartPole), so a run is reproducible with the same options, as always.
+
+``DQNX_XLA_CPU_TUNING=0`` turns both off (for A/B timings). An option an XLA
+version no longer knows is dropped after one trial compile, and a JAX without
+the private threefry hook runs with its own lowering: newer JAX keeps working,
+only slower to compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def tuning_enabled() -> bool:
+    return os.environ.get("DQNX_XLA_CPU_TUNING", "1") not in ("0", "false", "False", "")
+
+
+@functools.cache
+def unroll_threefry_on_cpu() -> bool:
+    """Registers the unrolled threefry lowering for CPU; True if it took."""
+    if not tuning_enabled():
+        return False
+    try:
+        from jax._src.random import threefry2x32 as tf
+        from jax.interpreters import mlir
+
+        rule = tf._threefry2x32_lowering_rule
+        mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu", inline=False)
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return True
+
+
+@functools.cache
+def _supported_cpu_options() -> tuple:
+    return _supported(CPU_COMPILER_OPTIONS)
+
+
+def _supported(options: dict) -> tuple:
+    import numpy as np
+
+    kept = []
+    for name, value in options.items():
+        try:
+            jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options={name: value})
+        except Exception:  # an option this XLA does not know: compile without it
+            continue
+        kept.append((name, value))
+    return tuple(kept)
+
+
+@functools.cache
+def _supported_once_options() -> tuple:
+    return _supported({"xla_backend_optimization_level": 1})
+
+
+def compiler_options() -> dict:
+    """Options for ``Lowered.compile`` on this backend ({} off CPU)."""
+    if not tuning_enabled() or jax.default_backend() != "cpu":
+        return {}
+    return dict(_supported_cpu_options())
+
+
+def prepare() -> None:
+    """Call before lowering anything dqnx compiles (idempotent)."""
+    if jax.default_backend() == "cpu":
+        unroll_threefry_on_cpu()
+
+
+class ParallelCompiler:
+    """Compiles ``Lowered`` programs on worker threads as soon as they are
+    lowered, so that lowering (Python, holds the GIL) overlaps with compiling
+    (XLA, releases it) and compiles overlap each other.
+
+        with ParallelCompiler() as pc:
+            pc.submit("a", jax.jit(f).lower(x))
+            ...
+        compiled, seconds = pc.results()
+    """
+
+    def __init__(self, workers: int | None = None):
+        self._options = compiler_options()
+        self._pool = ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1))
+        self._futures = {}
+
+    def _compile(self, lowered, options):
+        t0 = time.perf_counter()
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+        return compiled, time.perf_counter() - t0
+
+    def submit(self, name: str, lowered, hot: bool = True, run_once: bool = False) -> None:
+        """Queues ``lowered``. ``hot=False`` marks a program whose speed hardly
+        matters (init, prefill, evaluate): on CPU it compiles with the faster
+        legacy fusion emitters; ``run_once`` also lowers the LLVM optimisation
+        level to 1 (another ~30% off)."""
+        options = {}
+        if not hot:
+            options.update(self._options)
+            if run_once and options:
+                options.update(_supported_once_options())
+        self._futures[name] = self._pool.submit(self._compile, lowered, options)
+
+    def results(self) -> tuple[dict, dict]:
+        """({name: Compiled}, {name: compile seconds}); waits for all."""
+        done = {name: f.result() for name, f in self._futures.items()}
+        return {n: c for n, (c, _) in done.items()}, {n: s for n, (_, s) in done.items()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        return False

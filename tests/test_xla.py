@@ -1,0 +1,68 @@
+"""dqnx.xla: the CPU compile settings keep the numbers, and compiles run in parallel."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnx import xla
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RANDOM_BITS = """
+import hashlib, jax, numpy as np
+from dqnx import xla
+xla.prepare()
+f = jax.jit(lambda k: (jax.random.uniform(k, (1000,)), jax.random.randint(k, (999,), 0, 7),
+                       jax.random.split(k, 5), jax.random.normal(k, (3, 5))))
+lowered = f.lower(jax.random.key(3))
+u, r, ks, n = lowered.compile()(jax.random.key(3))
+h = hashlib.sha256()
+for x in (u, r, jax.random.key_data(ks), n):
+    h.update(np.asarray(x).tobytes())
+print(h.hexdigest(), lowered.as_text().count("stablehlo.while"))
+"""
+
+
+def _random_bits(tuning: str):
+    env = {**os.environ, "DQNX_XLA_CPU_TUNING": tuning, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", RANDOM_BITS], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    digest, loops = out.stdout.split()
+    return digest, int(loops)
+
+
+def test_unrolled_threefry_gives_the_same_bits_without_loops():
+    tuned, tuned_loops = _random_bits("1")
+    plain, plain_loops = _random_bits("0")
+    assert tuned == plain
+    assert plain_loops > 0  # JAX's CPU lowering: a while loop per hash
+    assert tuned_loops == 0
+
+
+def test_unknown_compiler_options_are_dropped():
+    assert xla._supported({"xla_no_such_option_anywhere": True}) == ()
+    options = xla.compiler_options()
+    assert isinstance(options, dict)
+    if jax.default_backend() == "cpu" and xla.tuning_enabled():
+        assert set(options) <= set(xla.CPU_COMPILER_OPTIONS)
+
+
+def test_parallel_compiler_compiles_every_program():
+    x = jnp.arange(6.0)
+    with xla.ParallelCompiler(workers=2) as pc:
+        pc.submit("double", jax.jit(lambda v: 2 * v).lower(x))
+        pc.submit("sum", jax.jit(jnp.sum).lower(x), hot=False, run_once=True)
+        pc.submit("square", jax.jit(lambda v: v * v).lower(x), hot=False)
+    compiled, seconds = pc.results()
+    assert set(compiled) == set(seconds) == {"double", "sum", "square"}
+    np.testing.assert_array_equal(compiled["double"](x), 2 * np.arange(6.0))
+    assert float(compiled["sum"](x)) == 15.0
+    np.testing.assert_array_equal(compiled["square"](x), np.arange(6.0) ** 2)
+    assert all(s >= 0 for s in seconds.values())
