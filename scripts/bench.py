@@ -22,7 +22,9 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
   are summed into a per-seed checksum so XLA cannot drop their computation.
 * **overhead** = full-loop time per iteration / (a + b + c).
 * **matmul GFLOP/s**: a jitted ``--matmul_size`` squared float32 matmul on one
-  device (XLA's intra-op threads may use every core), median of repeats.
+  device (XLA's intra-op threads may use every core), median of repeats; and
+  the same in a subprocess pinned to one core, the ceiling of one XLA CPU
+  device (each runs on one core).
 * **learner GFLOP/s**: FLOPs per update from XLA's cost analysis of one seed's
   ``learner.update``, next to a hand count from the layer shapes, times updates/s.
 """
@@ -36,7 +38,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from dqnx import parallel  # noqa: E402
 from scripts.machine import machine_info  # noqa: E402
 
@@ -82,6 +85,33 @@ def matmul_gflops(n: int, repeats: int) -> dict:
         "gflops": flops / statistics.median(times) / 1e9,
         "gflops_best": flops / min(times) / 1e9,
     }
+
+
+ONE_CORE_MATMUL = """
+import os, sys
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+sys.path.insert(0, sys.argv[1])
+from scripts.bench import matmul_gflops
+print(matmul_gflops(int(sys.argv[2]), int(sys.argv[3]))["gflops"])
+"""
+
+
+def matmul_gflops_one_core(n: int, repeats: int) -> float | None:
+    """The same matmul in a subprocess pinned to one core (Linux, CPU backend):
+    what one XLA CPU device's learner can reach; None where it cannot be pinned."""
+    import subprocess
+
+    if jax.default_backend() != "cpu" or not hasattr(os, "sched_setaffinity"):
+        return None
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_CORE_MATMUL, ROOT, str(n), str(repeats)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    try:
+        return float(out.stdout.split()[-1])
+    except (IndexError, ValueError):
+        return None
 
 
 def checksum(tree) -> jax.Array:
@@ -475,6 +505,11 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
     print(
         f"# matmul {mm['size']}x{mm['size']} f32 on one device: {mm['gflops']:.1f} GFLOP/s "
         f"(median of repeats; best {mm['gflops_best']:.1f})"
+        + (
+            f"; pinned to one core: {mm['gflops_one_core']:.1f}"
+            if mm.get("gflops_one_core")
+            else ""
+        )
     )
     print(
         f"# learner FLOPs/update: XLA cost analysis {f['xla_per_update'] / 1e6:.2f} M, hand count "
@@ -488,6 +523,12 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
         f"({f['gflops_isolated'] / mm['gflops']:.0%} of the matmul); in the full loop "
         f"{f['updates_per_s_full_loop']:,.0f} updates/s -> {f['gflops_full_loop']:.1f} GFLOP/s"
     )
+    if "share_of_cores_used_isolated" in f:
+        devices = r["layout"][0] * r["layout"][1]
+        print(
+            f"# learner isolated: {f['share_of_cores_used_isolated']:.0%} of the one-core matmul "
+            f"x {devices} device(s) (one core each)"
+        )
 
 
 def main(argv):
@@ -498,6 +539,13 @@ def main(argv):
     info = machine_info()
     result = bench(config, fl.iterations, fl.chunks)
     mm = matmul_gflops(fl.matmul_size, fl.matmul_repeats)
+    mm["gflops_one_core"] = matmul_gflops_one_core(fl.matmul_size, fl.matmul_repeats)
+    if mm["gflops_one_core"]:
+        # Each XLA CPU device runs on one core: the learner's ceiling is the
+        # one-core figure times the devices the run uses.
+        ceiling = mm["gflops_one_core"] * math.prod(result["layout"])
+        flops = result["learner_flops"]
+        flops["share_of_cores_used_isolated"] = flops["gflops_isolated"] / ceiling
     print_report(info, result, mm)
     for value in (result["overhead"], mm["gflops"]):
         if not math.isfinite(value):

@@ -113,6 +113,11 @@ def test_bench_reports_every_part(bench_run):
     assert r["overhead"] == pytest.approx(r["full_loop"]["us_per_iteration"] / expected)
     assert positive(r["overhead"])
     assert positive(r["matmul"]["gflops"]) and r["matmul"]["size"] == 128
+    one_core = r["matmul"]["gflops_one_core"]
+    assert one_core is None or positive(one_core)
+    if one_core:  # the learner's share of its devices' one-core ceiling
+        share = r["learner_flops"]["share_of_cores_used_isolated"]
+        assert share == pytest.approx(r["learner_flops"]["gflops_isolated"] / (2 * one_core))
     flops = r["learner_flops"]
     for key in ("xla_per_update", "hand_per_update", "gflops_isolated", "gflops_full_loop"):
         assert positive(flops[key]), key
