@@ -15,6 +15,9 @@ Differences from calling ``gymnax`` directly:
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,6 +29,41 @@ from dqnx.config import ConfigError, suggest
 
 # Needs a data download at construction, which dqnx never does at run time.
 _NEEDS_DOWNLOAD = ("MNISTBandit-bsuite",)
+
+
+# Imported by gymnax's package ``__init__`` for drawing only (Pong's and MinAtar's
+# palettes, Catch's figure); loading them took ~1.3 of gymnax's ~2 s import.
+_DRAWING_MODULES = ("seaborn", "matplotlib.pyplot")
+
+
+def import_gymnax():
+    """Imports gymnax with its drawing-only dependencies standing in as
+    ``_OnFirstUse`` modules, which import the real module when an attribute is
+    first read (e.g. by a visualizer). A module already imported is left as is."""
+    if "gymnax" not in sys.modules:
+        for name in _DRAWING_MODULES:
+            if name not in sys.modules and importlib.util.find_spec(name) is not None:
+                _OnFirstUse(name).register()
+    import gymnax
+
+    return gymnax
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in for module ``name`` until an attribute is read, then imports it."""
+
+    def register(self) -> None:
+        sys.modules[self.__name__] = self
+        parent, _, child = self.__name__.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, self)
+
+    def __getattr__(self, attr):
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        module = importlib.import_module(name)  # sets the parent's attribute too
+        return getattr(module, attr)
 
 
 class EnvSpec(NamedTuple):
@@ -71,7 +109,7 @@ class Env(NamedTuple):
 
 def discrete_env_names() -> list[str]:
     """Every registered gymnax env id with a discrete action space."""
-    import gymnax
+    gymnax = import_gymnax()
     from gymnax.environments import spaces
 
     names = []
@@ -86,7 +124,7 @@ def discrete_env_names() -> list[str]:
 
 def check_env_name(name: str) -> None:
     """Raises ConfigError for names dqnx cannot train on, with suggestions."""
-    import gymnax
+    gymnax = import_gymnax()
 
     if name in _NEEDS_DOWNLOAD:
         raise ConfigError(f"--env_name={name} downloads a data set at start; not supported")
@@ -107,7 +145,7 @@ def make(name: str, **param_overrides) -> Env:
       **param_overrides: fields of the env's gymnax ``EnvParams`` to change,
         e.g. ``max_steps_in_episode=100``.
     """
-    import gymnax
+    gymnax = import_gymnax()
     from gymnax.environments import spaces
 
     check_env_name(name)

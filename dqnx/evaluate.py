@@ -130,7 +130,9 @@ def play_episode(fns, params, key, epsilon: float = 0.0, max_steps: int = 500):
     rewards ``[T]``; whether the episode ended (terminated or hit the env's
     time limit) within ``max_steps``, else ``T == max_steps``.
     """
-    import gymnax
+    from dqnx.envs import import_gymnax
+
+    gymnax = import_gymnax()
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -174,7 +176,9 @@ def play_episode(fns, params, key, epsilon: float = 0.0, max_steps: int = 500):
 
 
 def _render_loaded(run: _Loaded, path, seed: int, epsilon: float, max_steps: int) -> dict:
-    import gymnax
+    from dqnx.envs import import_gymnax
+
+    gymnax = import_gymnax()
     import jax
     import numpy as np
 

@@ -555,26 +555,51 @@ class Compiled(NamedTuple):
 
     ``chunk(state, num_iterations=None)`` runs ``num_iterations`` iterations
     (default: the config's ``iterations_per_chunk``); one program serves every
-    length, so a run's last, shorter chunk compiles nothing."""
+    length, so a run's last, shorter chunk compiles nothing. ``evaluate`` may
+    still be compiling on a worker thread (see ``compile_train``): calling it
+    waits for that compile."""
 
     init: Any
     initial_state: TrainState
     prefill: Any
     chunk: Callable[..., tuple[TrainState, ChunkMetrics]]
     evaluate: Any
-    compile_s: float  # wall seconds from the first lowering to the last compile
+    compile_s: float  # wall seconds until init, prefill and chunk are ready
     compile_parts_s: dict  # {program: seconds}, lowering and compile (threads overlap)
     layout: parallel.Layout
+
+
+class Deferred:
+    """A program lowered and compiled on a worker thread; calling it waits for the
+    compile (and raises what the compile raised). ``seconds()`` waits too and
+    returns the lowering + compile seconds."""
+
+    def __init__(self, future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def seconds(self) -> float:
+        return self._future.result()[1]
+
+    def __call__(self, *args):
+        return self._future.result()[0](*args)
 
 
 def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     """Compiles ``fns`` for its ``layout`` (seeds x data devices), ahead of time.
 
-    Each program compiles on a worker thread as soon as it is lowered (later
-    ones lower on the abstract initial state), so lowering, which holds the
-    GIL, overlaps with compiling, which does not. With ``training=False`` only ``init``
-    and ``evaluate`` are compiled (``prefill`` and ``chunk`` are None): enough
-    to evaluate a checkpoint."""
+    Each program compiles on a worker thread as soon as it is lowered, on the
+    abstract initial state (shardings included), the chunk first: lowering,
+    which holds the GIL, overlaps with compiling, which does not. With
+    ``training=True`` this returns once ``init``, ``prefill`` and ``chunk`` are
+    compiled; ``evaluate``, needed only after the first chunk, then lowers and
+    compiles on a worker thread while prefill and the first chunk run
+    (``Compiled.evaluate`` is a ``Deferred``). With ``training=False`` only
+    ``init`` and ``evaluate`` are compiled, before returning (``prefill`` and
+    ``chunk`` are None): enough to evaluate a checkpoint."""
+    import gc
     import time
 
     from jax.sharding import PartitionSpec as P
@@ -603,29 +628,40 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
         wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
         return jax.jit(wrapped, donate_argnums=(0,) if donate else ())
 
-    with xla.ParallelCompiler() as compiler:
+    init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
+    init_jit = jax.jit(init, out_shardings=parallel.shardings(mesh, specs))
+    evaluate_jit = spmd_jit(fns.evaluate, (specs,), per_seed, donate=False)
+    # Tracing makes many short-lived objects and few cycles; the cyclic collector
+    # scanning JAX's long-lived ones took ~20% of the lowering time.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with xla.ParallelCompiler() as compiler:
 
-        def lower(name, jitted, *args, hot=False, run_once=False):
-            t0 = time.perf_counter()
-            lowered = jitted.lower(*args)
-            lower_s[name] = time.perf_counter() - t0
-            compiler.submit(name, lowered, hot, run_once)  # compiles while the next lowers
-            return lowered
+            def lower(name, jitted, *args, hot=False, run_once=False):
+                t0 = time.perf_counter()
+                lowered = jitted.lower(*args)
+                lower_s[name] = time.perf_counter() - t0
+                compiler.submit(name, lowered, hot, run_once)  # compiles while the next lowers
 
-        init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
-        init_jit = jax.jit(init, out_shardings=parallel.shardings(mesh, specs))
-        # The abstract initial state, shardings included, is what the others lower on.
-        state_info = lower("init", init_jit, keys, run_once=True).out_info
-        if training:
-            lower("chunk", spmd_jit(fns.run_chunk, (specs, replicated), (specs, metric_specs)),
-                  state_info, chunk_n, hot=True)  # fmt: skip
-            lower("prefill", spmd_jit(fns.prefill, (specs,), (specs, per_seed)), state_info,
-                  run_once=True)  # fmt: skip
-        lower("evaluate", spmd_jit(fns.evaluate, (specs,), per_seed, donate=False), state_info)
-        compiled, compile_s = compiler.results()
+            state_info = init_jit.eval_shape(keys)
+            if training:
+                lower("chunk", spmd_jit(fns.run_chunk, (specs, replicated), (specs, metric_specs)),
+                      state_info, chunk_n, hot=True)  # fmt: skip
+            lower("init", init_jit, keys, run_once=True)
+            if training:
+                lower("prefill", spmd_jit(fns.prefill, (specs,), (specs, per_seed)), state_info,
+                      run_once=True)  # fmt: skip
+            else:
+                lower("evaluate", evaluate_jit, state_info)
+            compiled, compile_s = compiler.results()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     state = compiled["init"](keys)
+    parts_s = {k: lower_s[k] + compile_s[k] for k in compiled}
 
-    chunk = None
+    chunk, evaluate = None, compiled.get("evaluate")
     if training:
         chunk_c, counts = compiled["chunk"], {default_n: chunk_n}
 
@@ -635,14 +671,16 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
                 counts[n] = scalar(n)
             return chunk_c(state, counts[n])
 
+        evaluate = Deferred(xla.compile_in_background(evaluate_jit, state_info))
+
     return Compiled(
         init=compiled["init"],
         initial_state=state,
         prefill=compiled.get("prefill"),
         chunk=chunk,
-        evaluate=compiled["evaluate"],
+        evaluate=evaluate,
         compile_s=time.perf_counter() - t_start,
-        compile_parts_s={k: lower_s[k] + compile_s[k] for k in compiled},
+        compile_parts_s=parts_s,
         layout=fns.layout,
     )
 

@@ -132,3 +132,21 @@ class ParallelCompiler:
     def __exit__(self, *exc):
         self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
         return False
+
+
+_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="dqnx-compile")
+
+
+def compile_in_background(jitted, *args, hot: bool = False):
+    """Lowers and compiles ``jitted`` for ``args`` on a worker thread (one, shared,
+    so background compiles never compete with each other); returns a future of
+    ``(Compiled, lowering + compile seconds)``."""
+    options = {} if hot else compiler_options()
+
+    def work():
+        t0 = time.perf_counter()
+        lowered = jitted.lower(*args)
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+        return compiled, time.perf_counter() - t0
+
+    return _BACKGROUND.submit(work)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +111,23 @@ def test_minatar_bool_is_lossless():
 def test_bad_env_names(name, message):
     with pytest.raises(ConfigError, match=message):
         envs.check_env_name(name)
+
+
+def test_gymnax_drawing_modules_load_on_first_use():
+    """gymnax imports seaborn and pyplot for drawing only: dqnx defers them until
+    an attribute is read, and they then work as usual."""
+    code = """
+import sys
+from dqnx import envs
+envs.make("CartPole-v1")
+print(type(sys.modules["seaborn"]).__name__, "scipy.stats" in sys.modules)
+import gymnax.environments.misc.pong as pong
+print(len(pong.sns.color_palette("cubehelix", 3)), type(sys.modules["seaborn"]).__name__)
+import matplotlib.pyplot as plt
+print(callable(plt.figure))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["_OnFirstUse", "False", "3", "module", "True"]

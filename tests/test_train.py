@@ -272,3 +272,17 @@ def test_seed_groups_match_all_seeds_at_once():
         np.testing.assert_allclose(a, b, atol=1e-5)
         assert not np.allclose(a[0], a[2])  # the groups hold different seeds
     np.testing.assert_allclose(s4.replay.tree, s2.replay.tree, rtol=1e-4)
+
+
+def test_compile_train_evaluates_like_the_program_it_defers(tiny_fns):
+    """``evaluate`` compiles on a worker thread after the training programs; it
+    returns what the same function compiled directly returns."""
+    programs = train.compile_train(tiny_fns)
+    assert isinstance(programs.evaluate, train.Deferred)
+    assert set(programs.compile_parts_s) == {"init", "prefill", "chunk"}
+    state, _ = programs.prefill(programs.initial_state)
+    state, _ = programs.chunk(state, 3)
+    direct = jax.jit(tiny_fns.evaluate)(state)
+    np.testing.assert_array_equal(np.asarray(programs.evaluate(state)), np.asarray(direct))
+    assert programs.evaluate.seconds() > 0
+    assert train.compile_train(tiny_fns, training=False).evaluate is not None

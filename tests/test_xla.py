@@ -8,8 +8,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from dqnx import xla
+from dqnx import train, xla
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,17 @@ def test_parallel_compiler_compiles_every_program():
     assert float(compiled["sum"](x)) == 15.0
     np.testing.assert_array_equal(compiled["square"](x), np.arange(6.0) ** 2)
     assert all(s >= 0 for s in seconds.values())
+
+
+def test_background_compile_is_waited_for_and_raises_its_error():
+    x = jnp.arange(4.0)
+    program = train.Deferred(xla.compile_in_background(jax.jit(lambda v: v + 1), x))
+    np.testing.assert_array_equal(program(x), np.arange(4.0) + 1)
+    assert program.done() and program.seconds() > 0
+
+    def broken(v):
+        raise ValueError("traced and failed")
+
+    failing = train.Deferred(xla.compile_in_background(jax.jit(broken), x))
+    with pytest.raises(ValueError, match="traced and failed"):
+        failing(x)
