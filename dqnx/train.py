@@ -638,22 +638,22 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     try:
         with xla.ParallelCompiler() as compiler:
 
-            def lower(name, jitted, *args, hot=False, run_once=False):
+            def lower(name, jitted, *args, **speed):
                 t0 = time.perf_counter()
                 lowered = jitted.lower(*args)
                 lower_s[name] = time.perf_counter() - t0
-                compiler.submit(name, lowered, hot, run_once)  # compiles while the next lowers
+                compiler.submit(name, lowered, **speed)  # compiles while the next lowers
 
             state_info = init_jit.eval_shape(keys)
             if training:
                 lower("chunk", spmd_jit(fns.run_chunk, (specs, replicated), (specs, metric_specs)),
                       state_info, chunk_n, hot=True)  # fmt: skip
-            lower("init", init_jit, keys, run_once=True)
+            lower("init", init_jit, keys, hot=False, trivial=True)
             if training:
                 lower("prefill", spmd_jit(fns.prefill, (specs,), (specs, per_seed)), state_info,
-                      run_once=True)  # fmt: skip
+                      hot=False, run_once=True)  # fmt: skip
             else:
-                lower("evaluate", evaluate_jit, state_info)
+                lower("evaluate", evaluate_jit, state_info, hot=False)
             compiled, compile_s = compiler.results()
     finally:
         if gc_was_enabled:

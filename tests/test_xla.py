@@ -61,8 +61,10 @@ def test_parallel_compiler_compiles_every_program():
         pc.submit("double", jax.jit(lambda v: 2 * v).lower(x))
         pc.submit("sum", jax.jit(jnp.sum).lower(x), hot=False, run_once=True)
         pc.submit("square", jax.jit(lambda v: v * v).lower(x), hot=False)
+        pc.submit("max", jax.jit(jnp.max).lower(x), hot=False, trivial=True)
     compiled, seconds = pc.results()
-    assert set(compiled) == set(seconds) == {"double", "sum", "square"}
+    assert set(compiled) == set(seconds) == {"double", "sum", "square", "max"}
+    assert float(compiled["max"](x)) == 5.0
     np.testing.assert_array_equal(compiled["double"](x), 2 * np.arange(6.0))
     assert float(compiled["sum"](x)) == 15.0
     np.testing.assert_array_equal(compiled["square"](x), np.arange(6.0) ** 2)
