@@ -569,24 +569,6 @@ class Compiled(NamedTuple):
     layout: parallel.Layout
 
 
-class Deferred:
-    """A program lowered and compiled on a worker thread; calling it waits for the
-    compile (and raises what the compile raised). ``seconds()`` waits too and
-    returns the lowering + compile seconds."""
-
-    def __init__(self, future):
-        self._future = future
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def seconds(self) -> float:
-        return self._future.result()[1]
-
-    def __call__(self, *args):
-        return self._future.result()[0](*args)
-
-
 def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     """Compiles ``fns`` for its ``layout`` (seeds x data devices), ahead of time.
 
@@ -596,7 +578,7 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     ``training=True`` this returns once ``init``, ``prefill`` and ``chunk`` are
     compiled; ``evaluate``, needed only after the first chunk, then lowers and
     compiles on a worker thread while prefill and the first chunk run
-    (``Compiled.evaluate`` is a ``Deferred``). With ``training=False`` only
+    (``Compiled.evaluate`` is an ``xla.Deferred``). With ``training=False`` only
     ``init`` and ``evaluate`` are compiled, before returning (``prefill`` and
     ``chunk`` are None): enough to evaluate a checkpoint."""
     import gc
@@ -671,7 +653,7 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
                 counts[n] = scalar(n)
             return chunk_c(state, counts[n])
 
-        evaluate = Deferred(xla.compile_in_background(evaluate_jit, state_info))
+        evaluate = xla.compile_in_background(evaluate_jit, state_info)
 
     return Compiled(
         init=compiled["init"],

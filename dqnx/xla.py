@@ -88,6 +88,26 @@ def prepare() -> None:
         unroll_threefry_on_cpu()
 
 
+def program_options(hot: bool = True, run_once: bool = False, trivial: bool = False) -> dict:
+    """Compile options for one program. ``hot=False`` marks a program whose speed
+    hardly matters (init, prefill, evaluate): on CPU it compiles with the faster
+    legacy fusion emitters; ``run_once`` also lowers the LLVM optimisation level
+    to 1 (another ~30% off), ``trivial`` (a program that runs once and does
+    little, like init) to 0 (init: ~0.55 -> ~0.3 s)."""
+    if hot:
+        return {}
+    options = compiler_options()
+    if (run_once or trivial) and options:
+        options.update(_supported_level(0 if trivial else 1))
+    return options
+
+
+def _timed_compile(lowered, options: dict):
+    t0 = time.perf_counter()
+    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    return compiled, time.perf_counter() - t0
+
+
 class ParallelCompiler:
     """Compiles ``Lowered`` programs on worker threads as soon as they are
     lowered, so that lowering (Python, holds the GIL) overlaps with compiling
@@ -100,29 +120,15 @@ class ParallelCompiler:
     """
 
     def __init__(self, workers: int | None = None):
-        self._options = compiler_options()
         self._pool = ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1))
         self._futures = {}
-
-    def _compile(self, lowered, options):
-        t0 = time.perf_counter()
-        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
-        return compiled, time.perf_counter() - t0
 
     def submit(
         self, name: str, lowered, hot: bool = True, run_once: bool = False, trivial: bool = False
     ) -> None:
-        """Queues ``lowered``. ``hot=False`` marks a program whose speed hardly
-        matters (init, prefill, evaluate): on CPU it compiles with the faster
-        legacy fusion emitters; ``run_once`` also lowers the LLVM optimisation
-        level to 1 (another ~30% off), ``trivial`` (a program that runs once and
-        does little, like init) to 0 (init: ~0.55 -> ~0.3 s)."""
-        options = {}
-        if not hot:
-            options.update(self._options)
-            if (run_once or trivial) and options:
-                options.update(_supported_level(0 if trivial else 1))
-        self._futures[name] = self._pool.submit(self._compile, lowered, options)
+        """Queues ``lowered`` with ``program_options(hot, run_once, trivial)``."""
+        options = program_options(hot, run_once, trivial)
+        self._futures[name] = self._pool.submit(_timed_compile, lowered, options)
 
     def results(self) -> tuple[dict, dict]:
         """({name: Compiled}, {name: compile seconds}); waits for all."""
@@ -137,19 +143,35 @@ class ParallelCompiler:
         return False
 
 
+class Deferred:
+    """A program lowered and compiled on a worker thread; calling it waits for the
+    compile (and raises what the compile raised). ``seconds()`` waits too and
+    returns the lowering + compile seconds."""
+
+    def __init__(self, future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def seconds(self) -> float:
+        return self._future.result()[1]
+
+    def __call__(self, *args):
+        return self._future.result()[0](*args)
+
+
 _BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="dqnx-compile")
 
 
-def compile_in_background(jitted, *args, hot: bool = False):
+def compile_in_background(jitted, *args, hot: bool = False) -> Deferred:
     """Lowers and compiles ``jitted`` for ``args`` on a worker thread (one, shared,
-    so background compiles never compete with each other); returns a future of
-    ``(Compiled, lowering + compile seconds)``."""
-    options = {} if hot else compiler_options()
+    so background compiles never compete with each other)."""
+    options = program_options(hot)
 
     def work():
         t0 = time.perf_counter()
-        lowered = jitted.lower(*args)
-        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+        compiled, _ = _timed_compile(jitted.lower(*args), options)
         return compiled, time.perf_counter() - t0
 
-    return _BACKGROUND.submit(work)
+    return Deferred(_BACKGROUND.submit(work))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dqnx
-from dqnx import train
+from dqnx import train, xla
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,7 +278,7 @@ def test_compile_train_evaluates_like_the_program_it_defers(tiny_fns):
     """``evaluate`` compiles on a worker thread after the training programs; it
     returns what the same function compiled directly returns."""
     programs = train.compile_train(tiny_fns)
-    assert isinstance(programs.evaluate, train.Deferred)
+    assert isinstance(programs.evaluate, xla.Deferred)
     assert set(programs.compile_parts_s) == {"init", "prefill", "chunk"}
     state, _ = programs.prefill(programs.initial_state)
     state, _ = programs.chunk(state, 3)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqnx import train, xla
+from dqnx import xla
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,13 +73,13 @@ def test_parallel_compiler_compiles_every_program():
 
 def test_background_compile_is_waited_for_and_raises_its_error():
     x = jnp.arange(4.0)
-    program = train.Deferred(xla.compile_in_background(jax.jit(lambda v: v + 1), x))
+    program = xla.compile_in_background(jax.jit(lambda v: v + 1), x)
     np.testing.assert_array_equal(program(x), np.arange(4.0) + 1)
     assert program.done() and program.seconds() > 0
 
     def broken(v):
         raise ValueError("traced and failed")
 
-    failing = train.Deferred(xla.compile_in_background(jax.jit(broken), x))
+    failing = xla.compile_in_background(jax.jit(broken), x)
     with pytest.raises(ValueError, match="traced and failed"):
         failing(x)
