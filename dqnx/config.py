@@ -32,7 +32,7 @@ class Config:
       seed_group_size: seeds a device advances together inside a chunk; a device
         holding more runs its seeds group after group, each for the whole chunk,
         which keeps a group's replay and parameters in cache on CPU (0 = auto:
-        2 on CPU, all seeds at once on accelerators). It changes results only by
+        1 on CPU, all seeds at once on accelerators). It changes results only by
         float rounding, as the device count does.
       total_steps: environment steps per seed, prefill included.
       num_envs: environments stepped together (vmap) per seed.

@@ -226,8 +226,15 @@ def make_train(
         actor_state, learner_state, replay_state, keys, nstep_state, actor_params = jax.vmap(
             init_one, out_axes=out_axes
         )(keys)
-        return TrainState(
+        state = TrainState(
             jnp.int32(0), actor_state, learner_state, replay_state, keys, nstep_state, actor_params
+        )
+        # No weak types (gymnax's `time = 0`): every program's outputs, seed
+        # groups' and restored checkpoints' included, then have the avals of its
+        # inputs, so one compiled chunk serves every call.
+        return jax.tree.map(
+            lambda x: jax.lax.convert_element_type(x, x.dtype) if jax.typeof(x).weak_type else x,
+            state,
         )
 
     batched_add = jax.vmap(buffer.add, in_axes=(replay_axes, 0), out_axes=replay_axes)
@@ -419,16 +426,22 @@ def make_train(
 
 def seed_group_size(config: Config, local_seeds: int) -> int:
     """Seeds one device advances together in a chunk: the largest divisor of
-    ``local_seeds`` not above ``config.seed_group_size`` (0 = 2 on CPU, all
+    ``local_seeds`` not above ``config.seed_group_size`` (0 = 1 on CPU, all
     seeds on accelerators).
 
-    On CPU, smaller groups keep one group's replay and parameters in cache,
-    larger ones batch more work per op. 8 seeds on 2 cores (2-core Xeon, env
-    steps/s): ``cartpole_reference`` 120k / 124k / 114k with groups of 1 / 2 /
-    4; ``breakout_minatar`` 19.3k / 17.9k / 16.4k. 2 is the compromise."""
+    On CPU, a device is one core: it gains nothing from a wider batch of
+    work per op, smaller groups keep one group's replay and parameters in
+    cache, and XLA:CPU runs a learner vmapped over seeds slower per seed (one
+    visible cause: the convolution's weight-gradient dot of a single seed runs
+    in YNNPACK, the batched one in Eigen with both operands transposed). 8 seeds
+    on 2 cores, env steps/s, groups of 1 vs 2 (2-core AMD EPYC, interleaved
+    runs): ``breakout_minatar`` 15.0k, 16.0k vs 12.8k, 13.1k (one Breakout
+    learner update pinned to a core: 1.59 ms alone, 1.92 ms per seed in a pair);
+    ``cartpole_reference`` 105k, 102k vs 101k, 109k, and at 64 seeds 107k vs
+    103k: no difference beyond the machine's spread."""
     wanted = config.seed_group_size
     if wanted == 0:
-        wanted = 2 if jax.default_backend() == "cpu" else local_seeds
+        wanted = 1 if jax.default_backend() == "cpu" else local_seeds
     wanted = min(wanted, local_seeds)
     return max(g for g in range(1, wanted + 1) if local_seeds % g == 0)
 

@@ -18,13 +18,17 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
   (a) actor rollout with the current parameters (env steps *and* the
   Q-network forward pass that picks the actions), (a') the same with uniformly
   random actions (no network), (b) replay add + ``updates_per_iteration``
-  samples, (c) ``updates_per_iteration`` learner updates on one fixed sampled
-  batch. Outputs a part does not otherwise need (sampled batches, transitions)
+  samples, (c) ``updates_per_iteration`` learner updates, cycling through 4
+  batches sampled before the loop (a batch that never changed would let XLA
+  hoist the work that depends on it alone out of the loop). Outputs a part does not otherwise need (sampled batches, transitions)
   are summed into a per-seed checksum so XLA cannot drop their computation.
 * **overhead** = full-loop time per iteration / (a + b + c).
 * **matmul GFLOP/s**: a jitted ``--matmul_size`` squared float32 matmul on one
-  device (XLA's intra-op threads may use every core), median of repeats; and
-  the same in a subprocess pinned to one core, the ceiling of one XLA CPU
+  device (XLA's intra-op threads may use every core), median of
+  ``--matmul_repeats`` calls spread over the same rounds as the timed chunks
+  (each round: one chunk of every program, then a few matmuls), so that a
+  busy spell of the machine slows the learner and its yardstick alike; and the
+  same matmul in a subprocess pinned to one core, the ceiling of one XLA CPU
   device (each runs on one core).
 * **learner GFLOP/s**: FLOPs per update from XLA's cost analysis of one seed's
   ``learner.update``, next to a hand count from the layer shapes, times updates/s.
@@ -58,7 +62,9 @@ from dqnx import learner as learner_lib  # noqa: E402
 flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per program (after one warm-up chunk).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul.")
-flags.DEFINE_integer("matmul_repeats", 10, "Timed matmul calls.")
+flags.DEFINE_integer(
+    "matmul_repeats", 10, "Timed matmul calls, spread evenly over the --chunks rounds."
+)
 flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 
@@ -67,25 +73,38 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 # ---------------------------------------------------------------------------
 
 
-def matmul_gflops(n: int, repeats: int) -> dict:
+def matmul_timer(n: int):
+    """A compiled, warmed-up ``n`` x ``n`` float32 matmul on one device; calling
+    the result runs it once and returns its wall seconds."""
     device = jax.local_devices()[0]
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.device_put(jax.random.normal(k1, (n, n), jnp.float32), device)
     b = jax.device_put(jax.random.normal(k2, (n, n), jnp.float32), device)
     f = jax.jit(jnp.matmul).lower(a, b).compile()
     jax.block_until_ready(f(a, b))
-    times = []
-    for _ in range(repeats):
+
+    def timed() -> float:
         t0 = time.perf_counter()
         jax.block_until_ready(f(a, b))
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    return timed
+
+
+def matmul_stats(n: int, times: list[float]) -> dict:
     flops = 2 * n**3
     return {
         "size": n,
+        "repeats": len(times),
         "median_s": statistics.median(times),
         "gflops": flops / statistics.median(times) / 1e9,
         "gflops_best": flops / min(times) / 1e9,
     }
+
+
+def matmul_gflops(n: int, repeats: int) -> dict:
+    timed = matmul_timer(n)
+    return matmul_stats(n, [timed() for _ in range(repeats)])
 
 
 ONE_CORE_MATMUL = """
@@ -137,6 +156,9 @@ def seed_axes_of(tree):
 # The parts, each a function (carry, *extra) -> (carry, checksum[S]) scanning
 # ``n`` iterations on one device's seeds.
 # ---------------------------------------------------------------------------
+
+
+LEARNER_BATCHES = 4  # distinct sampled batches the isolated learner cycles through
 
 
 def make_parts(fns: train.TrainFns, n: int) -> dict:
@@ -222,24 +244,38 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
 
     def learner_part(learner_state, replay_state, keys):
         axes = seed_axes_of(replay_state)
-        _, batch, _, weights = jax.vmap(sample_one, in_axes=(axes, 0))(replay_state, keys)
+        # LEARNER_BATCHES batches sampled up front, used in turn: the update's
+        # input changes every time, as in the full loop, so XLA cannot hoist the
+        # work that depends on the batch alone (casts, conv patches) out of the loop.
+        batches = []
+        for _ in range(LEARNER_BATCHES):
+            keys, batch, _, weights = jax.vmap(sample_one, in_axes=(axes, 0))(replay_state, keys)
+            batches.append((batch, weights))
+        batches = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *batches)  # [S, K, ...]
         if prioritized:
             update = jax.vmap(lambda s, b, w: fns.learner.update_weighted(s, b, w)[:2])
         else:
             update = jax.vmap(lambda s, b, w: fns.learner.update(s, b))
 
         def body(carry, _):
-            ls, acc = carry
+            ls, acc, t = carry
 
-            def one(ls, _):
+            def one(c, _):
+                ls, t = c
+                batch, weights = jax.tree.map(
+                    lambda x: jax.lax.dynamic_index_in_dim(x, t % LEARNER_BATCHES, 1, False),
+                    batches,
+                )
                 ls, metrics = update(ls, batch, weights)
-                return ls, metrics["loss"]
+                return (ls, t + 1), metrics["loss"]
 
-            ls, loss = scan_updates(one, ls)
-            return (ls, acc + loss), None
+            (ls, t), loss = scan_updates(one, (ls, t))
+            return (ls, acc + loss, t), None
 
         acc = jnp.zeros(keys.shape[:1], jnp.float32)
-        (learner_state, acc), _ = jax.lax.scan(body, (learner_state, acc), None, length=n)
+        (learner_state, acc, _), _ = jax.lax.scan(
+            body, (learner_state, acc, jnp.int32(0)), None, length=n
+        )
         return learner_state, acc
 
     return {
@@ -306,7 +342,7 @@ def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def bench(config, n: int, chunks: int) -> dict:
+def bench(config, n: int, chunks: int, matmul_size: int = 2048, matmul_repeats: int = 10) -> dict:
     spi = config.steps_per_iteration
     seeds = config.num_seeds
     # The chunk the full loop runs is fns.chunk: set its length via log_every.
@@ -371,14 +407,19 @@ def bench(config, n: int, chunks: int) -> dict:
 
     for name in stages:  # warm-up
         states[which(name)] = call(name, states[which(name)])
-    # Rounds of one call each, so that load from elsewhere falls on all alike.
+    matmul = matmul_timer(matmul_size)
+    matmul_per_round = -(-matmul_repeats // chunks)
+    # Rounds of one call of each program and a few of the matmul, so that load
+    # from elsewhere falls on all alike, the learner and its yardstick included.
     times = {name: [] for name in stages}
+    matmul_times = []
     for _ in range(chunks):
         for name in stages:
             t0 = time.perf_counter()
             states[which(name)] = call(name, states[which(name)])
             seconds = time.perf_counter() - t0
             times[name].append(seconds if name == "full" else seconds * groups)
+        matmul_times += [matmul() for _ in range(matmul_per_round)]
     state = states["full"]
     full_s = statistics.median(times["full"])
     results = {k: (statistics.median(times[k]), compile_s[k]) for k in getters}
@@ -465,6 +506,7 @@ def bench(config, n: int, chunks: int) -> dict:
         },
         "load_avg_1m_end": os.getloadavg()[0],
         "config": config.to_dict(),
+        "matmul": matmul_stats(matmul_size, matmul_times),
     }
 
 
@@ -509,7 +551,7 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
     f = r["learner_flops"]
     print(
         f"# matmul {mm['size']}x{mm['size']} f32 on one device: {mm['gflops']:.1f} GFLOP/s "
-        f"(median of repeats; best {mm['gflops_best']:.1f})"
+        f"(median of {mm['repeats']} calls between the timed chunks; best {mm['gflops_best']:.1f})"
         + (
             f"; pinned to one core: {mm['gflops_one_core']:.1f}"
             if mm.get("gflops_one_core")
@@ -542,8 +584,8 @@ def main(argv):
     fl = flags.FLAGS
     config = dqnx_flags.config_from_flags().validate()
     info = machine_info()
-    result = bench(config, fl.iterations, fl.chunks)
-    mm = matmul_gflops(fl.matmul_size, fl.matmul_repeats)
+    result = bench(config, fl.iterations, fl.chunks, fl.matmul_size, fl.matmul_repeats)
+    mm = result.pop("matmul")
     mm["gflops_one_core"] = matmul_gflops_one_core(fl.matmul_size, fl.matmul_repeats)
     if mm["gflops_one_core"]:
         # Each XLA CPU device runs on one core: the learner's ceiling is the

@@ -113,6 +113,9 @@ def test_bench_reports_every_part(bench_run):
     assert r["overhead"] == pytest.approx(r["full_loop"]["us_per_iteration"] / expected)
     assert positive(r["overhead"])
     assert positive(r["matmul"]["gflops"]) and r["matmul"]["size"] == 128
+    # --matmul_repeats=2 over --chunks=1: both calls in the one round.
+    assert r["matmul"]["repeats"] == 2
+    assert r["matmul"]["gflops_best"] >= r["matmul"]["gflops"]
     one_core = r["matmul"]["gflops_one_core"]
     assert one_core is None or positive(one_core)
     if one_core:  # the learner's share of its devices' one-core ceiling
