@@ -32,7 +32,8 @@ class Config:
       seed_group_size: seeds a device advances together inside a chunk; a device
         holding more runs its seeds group after group, each for the whole chunk,
         which keeps a group's replay and parameters in cache on CPU (0 = auto:
-        1 on CPU, all seeds at once on accelerators). It changes results only by
+        all seeds at once on accelerators; on CPU, pairs for a small learner,
+        one at a time for a large one: see ``train.seed_group_size``). It changes results only by
         float rounding, as the device count does.
       total_steps: environment steps per seed, prefill included.
       num_envs: environments stepped together (vmap) per seed.

@@ -117,6 +117,7 @@ class TrainFns:
     prefill: Callable[[TrainState], tuple[TrainState, EpisodeStats]]
     run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
     evaluate: Callable[[TrainState], jax.Array]
+    seed_group: int = 1  # seeds a device advances together (seed_group_size)
 
     def make_chunk(self, num_iterations: int):
         """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
@@ -377,7 +378,10 @@ def make_train(
         )
 
     local_seeds = config.num_seeds // layout.seeds
-    group = seed_group_size(config, local_seeds)
+    num_params = sum(
+        x.size for x in jax.tree.leaves(jax.eval_shape(network.init, jax.random.key(0), example_obs))
+    )
+    group = seed_group_size(config, local_seeds, learner_size=batch_size * num_params)
     if group == local_seeds:
         run_chunk = chunk_all_seeds
     else:
@@ -420,28 +424,44 @@ def make_train(
         return jax.vmap(evaluate_one)(state.learner.params, keys)
 
     return TrainFns(
-        config, env, network, actor, learner, buffer, layout, init, prefill, run_chunk, evaluate
-    )
+        config, env, network, actor, learner, buffer, layout, init, prefill, run_chunk, evaluate,
+        group,
+    )  # fmt: skip
 
 
-def seed_group_size(config: Config, local_seeds: int) -> int:
+# On CPU, a learner with at least this many (batch x parameters) multiply-adds
+# per forward pass runs one seed at a time; a smaller one runs seeds in pairs.
+CPU_PAIR_BELOW = 2**22
+
+
+def seed_group_size(config: Config, local_seeds: int, learner_size: int = 0) -> int:
     """Seeds one device advances together in a chunk: the largest divisor of
-    ``local_seeds`` not above ``config.seed_group_size`` (0 = 1 on CPU, all
-    seeds on accelerators).
+    ``local_seeds`` not above ``config.seed_group_size``. 0 = auto: all seeds on
+    accelerators; on CPU, 2 when ``learner_size`` (batch x parameter count of
+    one seed's learner) is below ``CPU_PAIR_BELOW``, else 1.
 
-    On CPU, a device is one core: it gains nothing from a wider batch of
-    work per op, smaller groups keep one group's replay and parameters in
-    cache, and XLA:CPU runs a learner vmapped over seeds slower per seed (one
-    visible cause: the convolution's weight-gradient dot of a single seed runs
-    in YNNPACK, the batched one in Eigen with both operands transposed). 8 seeds
-    on 2 cores, env steps/s, groups of 1 vs 2 (2-core AMD EPYC, interleaved
-    runs): ``breakout_minatar`` 15.0k, 16.0k vs 12.8k, 13.1k (one Breakout
-    learner update pinned to a core: 1.59 ms alone, 1.92 ms per seed in a pair);
-    ``cartpole_reference`` 105k, 102k vs 101k, 109k, and at 64 seeds 107k vs
-    103k: no difference beyond the machine's spread."""
+    On CPU a device is one core. Small groups keep a group's replay and
+    parameters in cache. Pairs help a small learner, whose ops are too short to
+    run at full speed alone, and hurt a large one: XLA:CPU runs a learner
+    vmapped over seeds slower per seed (one visible cause: the convolution's
+    weight-gradient dot of a single seed runs in YNNPACK, the batched one in
+    Eigen with both operands transposed). 8 seeds on 2 cores (2-core AMD EPYC):
+
+    * ``breakout_minatar`` (batch 64 x 132k parameters = 8.5M): groups of 1 vs
+      2 gave 15.0k, 16.0k vs 12.8k, 13.1k env steps/s (interleaved runs); one
+      learner update pinned to a core takes 1.59 ms alone, 1.92 ms per seed in
+      a vmapped pair.
+    * ``cartpole_reference`` (batch 128 x 10.9k parameters = 1.4M):
+      ``scripts/bench.py`` gave 716 us per iteration with pairs, 786 with
+      single seeds (bench_seeds runs: 101k, 109k vs 105k, 102k env steps/s).
+
+    The threshold lies between the two; nothing between them was measured."""
     wanted = config.seed_group_size
     if wanted == 0:
-        wanted = 1 if jax.default_backend() == "cpu" else local_seeds
+        if jax.default_backend() != "cpu":
+            wanted = local_seeds
+        else:
+            wanted = 2 if learner_size < CPU_PAIR_BELOW else 1
     wanted = min(wanted, local_seeds)
     return max(g for g in range(1, wanted + 1) if local_seeds % g == 0)
 

@@ -361,7 +361,7 @@ def bench(config, n: int, chunks: int, matmul_size: int = 2048, matmul_repeats: 
     # The parts do the same: each is timed on one group per device and its time
     # multiplied by the number of groups.
     local_seeds = seeds // layout.seeds
-    group = train.seed_group_size(config, local_seeds)
+    group = fns.seed_group
     groups = local_seeds // group
     part_fns = fns
     part_state = state

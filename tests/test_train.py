@@ -51,9 +51,6 @@ def test_seeds_are_independent(tiny_fns):
 
 
 def test_chunk_does_not_recompile(tiny_fns):
-    """Also with 2 seeds run one after another (the CPU default): the chunk's
-    outputs have its inputs' types (no weak types), so the second call hits."""
-    assert train.seed_group_size(tiny_fns.config, 2) == 1
     state = jax.jit(tiny_fns.init)()
     prefill = jax.jit(tiny_fns.prefill, donate_argnums=0)
     chunk = jax.jit(tiny_fns.chunk, donate_argnums=0)
@@ -261,11 +258,16 @@ def test_seed_groups_match_all_seeds_at_once():
         assert train.seed_group_size(config, 4) == group
         state = jax.jit(fns.init)()
         state, _ = jax.jit(fns.prefill)(state)
+        types_in = [str(jax.typeof(x)) for x in jax.tree.leaves(state)]
         state, metrics = jax.jit(fns.chunk)(state)
+        # Its outputs have its inputs' types (the initial state has no weak
+        # types), so the next call reuses the compiled chunk.
+        assert [str(jax.typeof(x)) for x in jax.tree.leaves(state)] == types_in
         return jax.device_get((state, metrics))
 
-    # The default on CPU: one seed at a time.
-    assert train.seed_group_size(base.validate(), 4) == 1
+    # The CPU default: pairs for a small learner, one seed at a time for a large one.
+    assert train.seed_group_size(base.validate(), 4, learner_size=32 * 226) == 2
+    assert train.seed_group_size(base.validate(), 4, learner_size=64 * 132_566) == 1
     (s4, m4), (s2, m2) = run(4), run(2)
     assert int(s2.env_steps) == int(s4.env_steps) > base.learning_starts
     assert int(s2.replay.pos) == int(s4.replay.pos)
