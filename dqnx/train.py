@@ -379,7 +379,8 @@ def make_train(
 
     local_seeds = config.num_seeds // layout.seeds
     num_params = sum(
-        x.size for x in jax.tree.leaves(jax.eval_shape(network.init, jax.random.key(0), example_obs))
+        x.size
+        for x in jax.tree.leaves(jax.eval_shape(network.init, jax.random.key(0), example_obs))
     )
     group = seed_group_size(config, local_seeds, learner_size=batch_size * num_params)
     if group == local_seeds:

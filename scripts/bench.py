@@ -20,8 +20,9 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
   random actions (no network), (b) replay add + ``updates_per_iteration``
   samples, (c) ``updates_per_iteration`` learner updates, cycling through 4
   batches sampled before the loop (a batch that never changed would let XLA
-  hoist the work that depends on it alone out of the loop). Outputs a part does not otherwise need (sampled batches, transitions)
-  are summed into a per-seed checksum so XLA cannot drop their computation.
+  hoist the work that depends on it alone out of the loop). Outputs a part
+  does not otherwise need (sampled batches, transitions) are summed into a
+  per-seed checksum so XLA cannot drop their computation.
 * **overhead** = full-loop time per iteration / (a + b + c).
 * **matmul GFLOP/s**: a jitted ``--matmul_size`` squared float32 matmul on one
   device (XLA's intra-op threads may use every core), median of
