@@ -449,9 +449,11 @@ def seed_group_size(config: Config, local_seeds: int, learner_size: int = 0) -> 
     Eigen with both operands transposed). 8 seeds on 2 cores (2-core AMD EPYC):
 
     * ``breakout_minatar`` (batch 64 x 132k parameters = 8.5M): groups of 1 vs
-      2 gave 15.0k, 16.0k vs 12.8k, 13.1k env steps/s (interleaved runs); one
-      learner update pinned to a core takes 1.59 ms alone, 1.92 ms per seed in
-      a vmapped pair.
+      2 gave 15.0k, 16.0k vs 12.8k, 13.1k env steps/s (interleaved runs). On
+      one pinned core (``XLA_FLAGS=--xla_force_host_platform_device_count=1
+      taskset -c 0 scripts/bench.py --num_seeds=2 --seed_group_size=G``) the
+      isolated learner took 1.71, 1.74 ms per seed and update alone vs 1.89,
+      1.95 ms in pairs.
     * ``cartpole_reference`` (batch 128 x 10.9k parameters = 1.4M):
       ``scripts/bench.py`` gave 716 us per iteration with pairs, 786 with
       single seeds (bench_seeds runs: 101k, 109k vs 105k, 102k env steps/s).
