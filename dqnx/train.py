@@ -117,7 +117,7 @@ class TrainFns:
     prefill: Callable[[TrainState], tuple[TrainState, EpisodeStats]]
     run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
     evaluate: Callable[[TrainState], jax.Array]
-    seed_group: int = 1  # seeds a device advances together (seed_group_size)
+    seed_group: int  # seeds a device advances together (seed_group_size)
 
     def make_chunk(self, num_iterations: int):
         """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
@@ -435,7 +435,7 @@ def make_train(
 CPU_PAIR_BELOW = 2**22
 
 
-def seed_group_size(config: Config, local_seeds: int, learner_size: int = 0) -> int:
+def seed_group_size(config: Config, local_seeds: int, *, learner_size: int) -> int:
     """Seeds one device advances together in a chunk: the largest divisor of
     ``local_seeds`` not above ``config.seed_group_size``. 0 = auto: all seeds on
     accelerators; on CPU, 2 when ``learner_size`` (batch x parameter count of

@@ -343,7 +343,7 @@ def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def bench(config, n: int, chunks: int, matmul_size: int = 2048, matmul_repeats: int = 10) -> dict:
+def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) -> dict:
     spi = config.steps_per_iteration
     seeds = config.num_seeds
     # The chunk the full loop runs is fns.chunk: set its length via log_every.
