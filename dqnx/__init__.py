@@ -1,13 +1,17 @@
 """dqnx: Actor-Learner DQN in JAX.
 
-Building blocks (pure functions): ``envs``, ``networks``, ``losses``, ``replay``,
-``exploration``, ``learner``, ``actor``; composed by ``train.make_train`` and
-driven by ``train.run``.
+Building blocks (pure functions, plain arguments): ``envs``, ``networks``,
+``losses``, ``replay``, ``prioritized``, ``nstep``, ``exploration``,
+``learner``, ``actor``. ``builder`` turns a ``Config`` into blocks;
+``compiled`` composes them into the compiled mode's program; ``shell.run``
+drives a program from the host.
 """
 
-from dqnx import actor, envs, exploration, learner, losses, networks, replay, train
-from dqnx.config import Config, ConfigError
-from dqnx.train import make_train, run
+from dqnx import actor, builder, envs, exploration, learner, losses, networks, replay
+from dqnx.compiled import make_train
+from dqnx.config import Config
+from dqnx.errors import ConfigError
+from dqnx.shell import run
 
 __version__ = "0.1.0"
 
@@ -15,6 +19,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "actor",
+    "builder",
     "envs",
     "exploration",
     "learner",
@@ -23,5 +28,4 @@ __all__ = [
     "networks",
     "replay",
     "run",
-    "train",
 ]

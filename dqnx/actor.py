@@ -33,7 +33,7 @@ class Actor(NamedTuple):
     rollout: Callable[[Any, ActorState, jax.Array, int], tuple]
     # Same, but steps stay time-major [T, N] and keep ``truncated``
     # (``nstep.RolloutStep``), as n-step returns need.
-    rollout_steps: Callable[[Any, ActorState, jax.Array, int], tuple] | None = None
+    rollout_steps: Callable[[Any, ActorState, jax.Array, int], tuple]
 
 
 def episode_stats(steps) -> EpisodeStats:
@@ -46,6 +46,39 @@ def episode_stats(steps) -> EpisodeStats:
     )
 
 
+def select_actions(network: nn.Module, num_actions: int, params, obs, epsilon, key) -> jax.Array:
+    """Epsilon-greedy actions ``[N]`` for observations ``obs [N, ...]``.
+
+    ``params=None`` acts uniformly at random without evaluating the network;
+    ``epsilon`` given as the Python number 0 takes the greedy actions without
+    drawing random numbers; otherwise ``epsilon`` is a scalar or ``[N]``.
+    """
+    if params is None:
+        return jax.random.randint(key, (obs.shape[0],), 0, num_actions, jnp.int32)
+    q = network.apply(params, obs)  # [N, A]
+    if isinstance(epsilon, (int, float)) and epsilon == 0:
+        return jnp.argmax(q, axis=-1).astype(jnp.int32)
+    return epsilon_greedy(key, q, epsilon)
+
+
+def make_policy_step(env: Env, network: nn.Module):
+    """The one acting step every compiled loop uses (training, evaluation, GIFs):
+
+    ``policy_step(params, obs [N], env_state [N], epsilon, k_act, env_keys [N])
+    -> (env_state, envs.Step [N], action [N])``: actions from ``select_actions``,
+    then each environment steps with its own key.
+    """
+    batch_step = jax.vmap(env.step)
+    num_actions = env.spec.num_actions
+
+    def policy_step(params, obs, env_state, epsilon, k_act, env_keys):
+        action = select_actions(network, num_actions, params, obs, epsilon, k_act)
+        env_state, step = batch_step(env_keys, env_state, action)
+        return env_state, step, action
+
+    return policy_step
+
+
 def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | None = None) -> Actor:
     """Builds the batched actor over ``num_envs`` copies of ``env``.
 
@@ -53,9 +86,8 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
     every device of that axis and each device folds its index into the keys
     it acts and resets with, so its environments are its own.
     """
-    num_actions = env.spec.num_actions
     batch_reset = jax.vmap(env.reset)
-    batch_step = jax.vmap(env.step)
+    policy_step = make_policy_step(env, network)
 
     def init(key) -> ActorState:
         key, k_reset = jax.random.split(key)
@@ -63,19 +95,21 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
         obs, env_state = batch_reset(jax.random.split(k_reset, num_envs))
         return ActorState(obs, env_state, key)
 
-    def act(params, obs, epsilon, key):
-        if params is None:
-            return jax.random.randint(key, (num_envs,), 0, num_actions, jnp.int32)
-        q = network.apply(params, obs)  # [N, A]
-        return epsilon_greedy(key, q, epsilon)
+    def scan_steps(params, state: ActorState, epsilon, num_steps: int):
+        """``num_steps`` steps -> (state, RolloutStep [T, N], EpisodeStats summed over T)."""
 
-    def rollout_steps(params, state: ActorState, epsilon, num_steps: int):
         def one_step(carry: ActorState, _):
             key, k_act, k_env = jax.random.split(carry.key, 3)
             k_act = parallel.shard_key(k_act, axis_name)
             k_env = parallel.shard_key(k_env, axis_name)
-            action = act(params, carry.obs, epsilon, k_act)
-            env_state, step = batch_step(jax.random.split(k_env, num_envs), carry.env_state, action)
+            env_state, step, action = policy_step(
+                params,
+                carry.obs,
+                carry.env_state,
+                epsilon,
+                k_act,
+                jax.random.split(k_env, num_envs),
+            )
             out = RolloutStep(
                 carry.obs, action, step.reward, step.next_obs, step.terminated, step.truncated
             )
@@ -85,18 +119,46 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
         return state, steps, jax.tree.map(lambda x: x.sum(0), stats)
 
     def rollout(params, state: ActorState, epsilon, num_steps: int):
-        def one_step(carry: ActorState, _):
-            key, k_act, k_env = jax.random.split(carry.key, 3)
-            k_act = parallel.shard_key(k_act, axis_name)
-            k_env = parallel.shard_key(k_env, axis_name)
-            action = act(params, carry.obs, epsilon, k_act)
-            env_state, step = batch_step(jax.random.split(k_env, num_envs), carry.env_state, action)
-            transition = Transition(carry.obs, action, step.reward, step.next_obs, step.terminated)
-            return ActorState(step.obs, env_state, key), (transition, episode_stats(step))
-
-        state, (transitions, stats) = jax.lax.scan(one_step, state, None, length=num_steps)
+        state, steps, stats = scan_steps(params, state, epsilon, num_steps)
+        transitions = Transition(steps.obs, steps.action, steps.reward, steps.next_obs,
+                                 steps.terminated)  # fmt: skip
         transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
-        stats = jax.tree.map(lambda x: x.sum(0), stats)
         return state, transitions, stats
 
-    return Actor(init, rollout, rollout_steps)
+    return Actor(init, rollout, scan_steps)
+
+
+def make_evaluator(env: Env, network: nn.Module, num_episodes: int, epsilon: float = 0.0):
+    """Greedy (``epsilon``) evaluation: ``evaluate(params, key) -> returns [num_episodes]``.
+
+    Plays ``num_episodes`` episodes in parallel from fresh resets until each has
+    ended once (or the environment's step limit has passed) and returns each
+    one's undiscounted return. Pure and jittable.
+    """
+    batch_reset = jax.vmap(env.reset)
+    policy_step = make_policy_step(env, network)
+    limit = env.spec.max_episode_steps + 1
+
+    def evaluate(params, key):
+        key, k_reset = jax.random.split(key)
+        obs, env_state = batch_reset(jax.random.split(k_reset, num_episodes))
+        returns = jnp.zeros((num_episodes,), jnp.float32)
+        finished = jnp.zeros((num_episodes,), bool)
+
+        def cond(c):
+            t, _, _, _, finished, _ = c
+            return jnp.logical_and(t < limit, ~jnp.all(finished))
+
+        def body(c):
+            t, obs, env_state, key, finished, returns = c
+            key, k_act, k_env = jax.random.split(key, 3)
+            env_state, step, _ = policy_step(
+                params, obs, env_state, epsilon, k_act, jax.random.split(k_env, num_episodes)
+            )
+            returns = returns + jnp.where(finished, 0.0, step.reward)
+            return t + 1, step.obs, env_state, key, finished | step.done, returns
+
+        carry = (jnp.int32(0), obs, env_state, key, finished, returns)
+        return jax.lax.while_loop(cond, body, carry)[-1]
+
+    return evaluate

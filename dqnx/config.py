@@ -1,22 +1,31 @@
 """The one typed configuration of a dqnx run.
 
 Every field is a command-line flag of ``experiments/run.py`` with the same
-name. ``Config.validate()`` checks everything that can be checked without
-compiling anything and raises :class:`ConfigError` with a one-line message.
+name. ``Config.validate()`` checks each field on its own and raises
+:class:`ConfigError` with a one-line message; the checks that need the
+environment, the devices or the memory live in ``dqnx.builder.validate``, the
+one module that turns a ``Config`` into building blocks.
+
+Fields marked ``neutral(...)`` change only I/O, reporting or the device layout,
+not what a run computes (beyond float rounding): a run may resume with them
+changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Literal
 
-NETWORKS = ("auto", "mlp", "minatar_cnn")
+from dqnx.errors import ConfigError, suggest
+
+__all__ = ["Config", "ConfigError", "suggest"]
+
 LOSSES = ("huber", "mse")
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake (exit code 2 on the command line)."""
+def neutral(default):
+    """A result-neutral field: resuming with another value is allowed."""
+    return dataclasses.field(default=default, metadata={"result_neutral": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +33,12 @@ class Config:
     """Hyperparameters of one (possibly multi-seed) DQN run.
 
     Attributes:
-      env_name: gymnax environment id with a discrete action space.
+      env_name: a gymnax environment id with a discrete action space (the
+        compiled mode), or a host environment ``LIB:ID`` (``gymnasium:CartPole-v1``,
+        ``minatar:breakout``, ``ale:pong``), which trains with host actors.
+      env_options: host environments only: ``KEY=VALUE`` options of the
+        environment (e.g. ``sticky_action_prob=0.0``, ``max_episode_steps=1000``,
+        ``protocol=nature``).
       seed: base seed; seed ``i`` of a sweep uses ``seed + i``.
       num_seeds: independent runs vmapped in one compiled program.
       num_devices: devices the seeds are spread over (0 = as many local devices as
@@ -33,7 +47,7 @@ class Config:
         holding more runs its seeds group after group, each for the whole chunk,
         which keeps a group's replay and parameters in cache on CPU (0 = auto:
         all seeds at once on accelerators; on CPU, pairs for a small learner,
-        one at a time for a large one: see ``train.seed_group_size``). It changes results only by
+        one at a time for a large one: see ``compiled.seed_group_size``). It changes results only by
         float rounding, as the device count does.
       total_steps: environment steps per seed, prefill included.
       num_envs: environments stepped together (vmap) per seed.
@@ -66,7 +80,18 @@ class Config:
       apex_epsilon: base epsilon of Ape-X exploration.
       apex_alpha: exponent spread of Ape-X exploration.
       actor_sync_period: learner updates between refreshes of the actors'
-        parameter copy (1 = actors always use the current parameters).
+        parameter copy (1 = actors always use the current parameters; host
+        actors pick up the newest published copy without waiting).
+      actor_threads: host actors: threads per actor device, each stepping its
+        own num_envs / (actor_threads x actor devices) environments.
+      actor_devices: host actors: local devices that run the actors' policy
+        (0 = the first device, shared with the learner on a single device).
+      learner_devices: host actors: local devices the learner is data-parallel
+        over (0 = every device not running actors, or the one device there is).
+      clip_rewards: clip rewards to [-1, 1] for the learner's targets (logged
+        returns stay unclipped); host actors only.
+      queue_size: host actors: transition batches the queue between actors and
+        learner holds; full, it makes the actors wait (back-pressure).
       epsilon_start: exploration rate at step 0.
       epsilon_end: exploration rate after the decay.
       epsilon_decay_steps: env steps (per seed) of linear decay.
@@ -89,11 +114,12 @@ class Config:
     """
 
     env_name: str = "CartPole-v1"
+    env_options: tuple[str, ...] = ()
     seed: int = 0
     num_seeds: int = 1
-    num_devices: int = 0
-    seed_group_size: int = 0
-    total_steps: int = 500_000
+    num_devices: int = neutral(0)
+    seed_group_size: int = neutral(0)
+    total_steps: int = neutral(500_000)
     num_envs: int = 8
     rollout_steps: int = 1
     updates_per_iteration: int = 1
@@ -110,7 +136,7 @@ class Config:
     double_q: bool = True
     loss: Literal["huber", "mse"] = "huber"
     huber_delta: float = 1.0
-    network: Literal["auto", "mlp", "minatar_cnn"] = "auto"
+    network: str = "auto"
     hidden_sizes: tuple[int, ...] = (128, 128)
     dueling: bool = False
     n_step: int = 1
@@ -121,22 +147,27 @@ class Config:
     apex_epsilon: float = 0.4
     apex_alpha: float = 7.0
     actor_sync_period: int = 1
+    actor_threads: int = 2
+    actor_devices: int = neutral(0)
+    learner_devices: int = neutral(0)
+    queue_size: int = neutral(8)
+    clip_rewards: bool = False
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 100_000
-    eval_every: int = 50_000
-    eval_episodes: int = 10
-    eval_epsilon: float = 0.0
-    log_every: int = 25_000
-    checkpoint_every: int = 100_000
-    keep_checkpoints: int = 2
-    workdir: str = ""
-    allow_config_change: bool = False
-    tensorboard: bool = True
-    wandb_project: str = ""
-    coordinator_address: str = ""
-    num_processes: int = 1
-    process_id: int = 0
+    eval_every: int = neutral(50_000)
+    eval_episodes: int = neutral(10)
+    eval_epsilon: float = neutral(0.0)
+    log_every: int = neutral(25_000)
+    checkpoint_every: int = neutral(100_000)
+    keep_checkpoints: int = neutral(2)
+    workdir: str = neutral("")
+    allow_config_change: bool = neutral(False)
+    tensorboard: bool = neutral(True)
+    wandb_project: str = neutral("")
+    coordinator_address: str = neutral("")
+    num_processes: int = neutral(1)
+    process_id: int = neutral(0)
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -177,12 +208,33 @@ class Config:
         """Transitions sampled per transition collected."""
         return self.updates_per_iteration * self.batch_size / (self.rollout_steps * self.num_envs)
 
+    @classmethod
+    def result_neutral_fields(cls, anneal_lr: bool = False) -> frozenset[str]:
+        """Fields that may change on resume (``total_steps`` not when the
+        learning rate anneals over it)."""
+        names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("result_neutral")}
+        if anneal_lr:
+            names.discard("total_steps")
+        return frozenset(names)
+
+    def drift(self, saved: dict) -> list[str]:
+        """Result-changing fields whose value differs between ``saved`` (a
+        checkpoint's config dict) and this config."""
+        neutral_names = self.result_neutral_fields(self.anneal_lr)
+        current = self.to_dict()
+        # A field newer than the checkpoint counts as saved with its default.
+        defaults = Config().to_dict()
+        return sorted(
+            k for k in current if k not in neutral_names and saved.get(k, defaults[k]) != current[k]
+        )
+
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        d["env_options"] = list(self.env_options)
         return d
 
     @classmethod
@@ -194,17 +246,21 @@ class Config:
         d = dict(d)
         if "hidden_sizes" in d:
             d["hidden_sizes"] = tuple(int(h) for h in d["hidden_sizes"])
+        if "env_options" in d:
+            d["env_options"] = tuple(str(o) for o in d["env_options"])
         return cls(**d)
 
     # ---- validation ----------------------------------------------------
     def validate(self) -> Config:
-        """Checks every field; raises ConfigError with a one-line message."""
-        from dqnx import envs  # local import: config stays importable without gymnax
+        """Checks every field on its own; raises ConfigError with a one-line message.
+
+        The environment name, device counts and memory are checked by
+        ``dqnx.builder.validate``, which calls this first."""
+        from dqnx.networks import NETWORKS
 
         def fail(msg: str):
             raise ConfigError(msg)
 
-        envs.check_env_name(self.env_name)
         positive = (
             "num_seeds",
             "total_steps",
@@ -220,6 +276,8 @@ class Config:
             "num_processes",
             "n_step",
             "actor_sync_period",
+            "actor_threads",
+            "queue_size",
         )
         for name in positive:
             value = getattr(self, name)
@@ -234,6 +292,8 @@ class Config:
             "num_devices",
             "seed_group_size",
             "process_id",
+            "actor_devices",
+            "learner_devices",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -269,6 +329,9 @@ class Config:
                 f"--apex_epsilon must be in [0, 1] and --apex_alpha >= 0, got "
                 f"{self.apex_epsilon}, {self.apex_alpha}"
             )
+        for option in self.env_options:
+            if "=" not in option or not option.split("=", 1)[0]:
+                fail(f"--env_options takes KEY=VALUE items, got {option!r}")
         if self.loss not in LOSSES:
             fail(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         if self.network not in NETWORKS:
@@ -293,63 +356,4 @@ class Config:
                 f"--learning_starts={self.learning_starts} exceeds "
                 f"--total_steps={self.total_steps}: nothing would be learned"
             )
-        if self.num_devices:
-            import math
-
-            import jax
-
-            available = jax.device_count()
-            if self.num_devices > available:
-                fail(f"--num_devices={self.num_devices} but only {available} device(s)")
-            data = self.num_devices // math.gcd(self.num_seeds, self.num_devices)
-            for name in ("num_envs", "batch_size", "buffer_size"):
-                if getattr(self, name) % data:
-                    fail(
-                        f"--num_devices={self.num_devices} splits each of the "
-                        f"{self.num_seeds} seed(s) over {data} devices, but --{name}="
-                        f"{getattr(self, name)} is not divisible by {data}"
-                    )
-        self._check_replay_fits(envs.make(self.env_name).spec)
         return self
-
-    def replay_bytes(self, obs_shape, obs_dtype) -> int:
-        """Device bytes of all seeds' replay buffers (obs, next_obs, action, reward, done)."""
-        import numpy as np
-
-        obs = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
-        return self.num_seeds * self.buffer_size * (2 * obs + 4 + 4 + 1)
-
-    def _check_replay_fits(self, spec) -> None:
-        """Estimates the replay's bytes before anything is allocated."""
-        need = self.replay_bytes(spec.obs_shape, spec.obs_dtype)
-        have = device_memory_bytes()
-        if have and need > 0.8 * have:
-            raise ConfigError(
-                f"the replay buffers need {need / 2**30:.1f} GiB ({self.num_seeds} seed(s) x "
-                f"--buffer_size={self.buffer_size}) but the devices have "
-                f"{have / 2**30:.1f} GiB; lower --buffer_size or --num_seeds"
-            )
-
-
-def device_memory_bytes() -> int | None:
-    """Memory the run's devices can hold: the accelerators' limits, or the host's
-    available RAM for CPU devices (None if unknown)."""
-    import jax
-
-    if jax.default_backend() != "cpu":
-        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.local_devices()]
-        return sum(limits) if limits and all(limits) else None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def suggest(name: str, choices) -> str:
-    """' (did you mean X?)' for the closest names, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""

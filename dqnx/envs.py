@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx.config import ConfigError, suggest
+from dqnx.errors import ConfigError, suggest
 
 # Needs a data download at construction, which dqnx never does at run time.
 _NEEDS_DOWNLOAD = ("MNISTBandit-bsuite",)

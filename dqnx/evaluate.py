@@ -44,14 +44,15 @@ _NEEDS_PYGAME = ("Acrobot-v1", "CartPole-v1", "MountainCar-v0")
 
 class _Loaded(NamedTuple):
     config: Any
-    fns: Any  # train.TrainFns
-    programs: Any  # train.Compiled
-    state: Any  # train.TrainState
+    fns: Any  # compiled.TrainFns
+    programs: Any  # compiled.Compiled
+    state: Any  # compiled.TrainState
     step: int
 
 
 def _read_config(workdir: Path):
-    from dqnx.config import Config, ConfigError
+    from dqnx.config import Config
+    from dqnx.errors import ConfigError
 
     try:
         saved = json.loads((workdir / "config.json").read_text())
@@ -60,17 +61,23 @@ def _read_config(workdir: Path):
     return Config.from_dict(saved)
 
 
+def _validate(config):
+    from dqnx import builder
+
+    return builder.validate(config)
+
+
 def _load(workdir: Path, config, step) -> _Loaded:
     """Rebuilds ``config``'s programs and restores checkpoint ``step`` (default: newest)."""
-    from dqnx import checkpoint, train
+    from dqnx import builder, checkpoint, compiled
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise checkpoint.CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}")
-        fns = train.make_train(config, layout=train.choose_layout(config))
-        programs = train.compile_train(fns, training=False)
+        fns = compiled.make_train(config, layout=builder.choose_layout(config))
+        programs = compiled.compile_train(fns, training=False)
         state, _ = ckpt.restore(programs.initial_state, step)
     finally:
         ckpt.close()
@@ -101,14 +108,14 @@ def evaluate(workdir: str | Path, episodes: int = 100, epsilon: float = 0.0, ste
     """Returns ``{"env_steps", "episodes", "epsilon", "return_per_seed", "return_mean"}``."""
     workdir = Path(workdir)
     config = _read_config(workdir).replace(eval_episodes=episodes, eval_epsilon=epsilon)
-    return _evaluate_loaded(_load(workdir, config.validate(), step), workdir)
+    return _evaluate_loaded(_load(workdir, _validate(config), step), workdir)
 
 
 def check_renderable(env_name: str) -> None:
     """Raises ConfigError (one line) unless ``--gif`` can draw ``env_name`` here."""
     import importlib.util
 
-    from dqnx.config import ConfigError
+    from dqnx.errors import ConfigError
 
     if env_name not in RENDERABLE_ENVS:
         raise ConfigError(
@@ -137,10 +144,12 @@ def play_episode(fns, params, key, epsilon: float = 0.0, max_steps: int = 500):
     import jax.numpy as jnp
     import numpy as np
 
-    from dqnx.exploration import epsilon_greedy
+    from dqnx.actor import make_policy_step
 
     raw_env, raw_params = gymnax.make(fns.config.env_name)
-    env, network = fns.env, fns.network
+    env = fns.env
+    policy_step = make_policy_step(env, fns.network)
+    one = lambda x: x[None]  # noqa: E731  (a batch of one environment)
 
     def select(pred, on_true, on_false):
         return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
@@ -153,8 +162,10 @@ def play_episode(fns, params, key, epsilon: float = 0.0, max_steps: int = 500):
         def body(carry, _):
             obs, state, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            action = epsilon_greedy(k_act, network.apply(params, obs[None]), epsilon)[0]
-            new_state, step = env.step(k_env, state, action)
+            new_state, step, action = policy_step(
+                params, one(obs), jax.tree.map(one, state), epsilon, k_act, one(k_env)
+            )
+            new_state, step, action = jax.tree.map(lambda x: x[0], (new_state, step, action))
             # On an episode end the adapter's state is already the next episode's
             # reset one: take the state the action reached from gymnax's step_env,
             # with the key half gymnax's step() gives it.
@@ -218,7 +229,7 @@ def _render_loaded(run: _Loaded, path, seed: int, epsilon: float, max_steps: int
 
 
 def _check_gif_args(config, seed: int, max_steps: int) -> None:
-    from dqnx.config import ConfigError
+    from dqnx.errors import ConfigError
 
     check_renderable(config.env_name)
     if not 0 <= seed < config.num_seeds:
@@ -243,7 +254,7 @@ def render_gif(
     Returns ``{"path", "env_steps", "seed", "episode_length", "return", "frames", "ended"}``.
     """
     workdir = Path(workdir)
-    config = _read_config(workdir).replace(eval_episodes=1).validate()
+    config = _validate(_read_config(workdir).replace(eval_episodes=1))
     _check_gif_args(config, seed, max_steps)
     return _render_loaded(_load(workdir, config, step), path, seed, epsilon, max_steps)
 
@@ -259,14 +270,12 @@ def main(argv=None) -> int:
     p.add_argument("--gif_max_steps", type=int, default=500, help="cut the episode here")
     args = p.parse_args(argv)
     from dqnx.checkpoint import CheckpointError
-    from dqnx.config import ConfigError
+    from dqnx.errors import ConfigError
 
     workdir = Path(args.workdir)
     try:
-        config = (
-            _read_config(workdir)
-            .replace(eval_episodes=args.episodes, eval_epsilon=args.epsilon)
-            .validate()
+        config = _validate(
+            _read_config(workdir).replace(eval_episodes=args.episodes, eval_epsilon=args.epsilon)
         )
         if args.gif is not None:
             _check_gif_args(config, args.gif_seed, args.gif_max_steps)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def linear_schedule(start: float, end: float, decay_steps: int):
     """epsilon(t) = start + (end - start) * min(t / decay_steps, 1).
 
     Pure arithmetic on the step counter (no branches), so it costs nothing
-    inside a compiled loop and is identical under vmap.
+    inside a compiled loop and is identical under vmap. Given a Python or NumPy
+    integer it computes the same float32 arithmetic with NumPy, on the host
+    (no device work: host actors call it every rollout).
     """
 
     def schedule(step):
+        xp = np if isinstance(step, (int, np.integer)) else jnp
         if decay_steps == 0:
-            return jnp.asarray(end, jnp.float32)
-        frac = jnp.minimum(jnp.asarray(step, jnp.float32) / decay_steps, 1.0)
-        return jnp.asarray(start + (end - start) * frac, jnp.float32)
+            return xp.asarray(end, xp.float32)
+        frac = xp.minimum(xp.asarray(step, xp.float32) / xp.float32(decay_steps), xp.float32(1))
+        return xp.asarray(start + (end - start) * frac, xp.float32)
 
     return schedule
 

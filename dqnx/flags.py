@@ -14,7 +14,8 @@ import typing
 
 from absl import flags
 
-from dqnx.config import Config, ConfigError
+from dqnx.config import Config
+from dqnx.errors import ConfigError
 
 _DEFINED: set[str] = set()
 
@@ -61,6 +62,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
+        if field.name == "env_options":
+            value = tuple(value)
         if field.name == "hidden_sizes":
             try:
                 value = tuple(int(v) for v in value)
@@ -95,27 +98,36 @@ def main(argv: list[str]) -> int:
         parallel.initialize_distributed(
             config.coordinator_address, config.num_processes, config.process_id
         )
-        config = config.validate()
+        from dqnx import builder
+
+        config = builder.validate(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from dqnx import train
-
-    if not config.workdir:
-        config = config.replace(workdir=train.default_workdir(_run_name(argv) or config.env_name))
+    from dqnx import shell
     from dqnx.checkpoint import CheckpointError
 
+    if not config.workdir:
+        config = config.replace(workdir=shell.default_workdir(_run_name(argv) or config.env_name))
     try:
-        train.run(config)
-    except train.Interrupted as e:
+        shell.run(config)
+    except shell.Interrupted as e:
         return e.exit_code
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except train.Diverged as e:
+    except (shell.Diverged, shell.RunFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted without a checkpoint", file=sys.stderr)
         return 130
     return 0
+
+
+def console_main() -> int:
+    """The ``dqnx-train`` command: one XLA CPU device per core, then ``main``."""
+    from dqnx import parallel
+
+    parallel.use_all_cpu_cores()
+    return main(sys.argv)

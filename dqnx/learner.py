@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from dqnx import losses
-from dqnx.config import Config
 from dqnx.types import LearnerState, Transition
 
 
@@ -152,23 +151,3 @@ def make_learner(
         return state, metrics
 
     return Learner(init, update, update_weighted)
-
-
-def learner_from_config(config: Config, network: nn.Module, axis_name: str | None = None):
-    """The learner a ``Config`` describes."""
-    return make_learner(
-        network,
-        make_optimizer(
-            config.learning_rate,
-            config.adam_eps,
-            config.max_grad_norm,
-            config.total_updates if config.anneal_lr else 0,
-        ),
-        gamma=config.gamma,
-        double_q=config.double_q,
-        loss=config.loss,
-        huber_delta=config.huber_delta,
-        target_update_period=config.target_update_period,
-        tau=config.tau,
-        axis_name=axis_name,
-    )

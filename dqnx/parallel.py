@@ -77,41 +77,59 @@ def choose_layout(
 ) -> Layout:
     """Spreads seeds first, then splits each seed's data over what is left.
 
+    ``num_devices=0`` uses the local devices. On a single CPU process it only
+    spreads seeds (as many devices as divide ``num_seeds``) and never splits a
+    seed's data: between XLA CPU devices a gradient all-reduce costs more than
+    half a DQN batch saves (README, Performance). On accelerators, devices left
+    after the seeds split each seed's data, as far as the sizes divide. An
+    explicit ``num_devices`` is always honoured or refused.
+
     Args:
       num_seeds: seeds in the run.
-      num_devices: devices to use (0 = all local devices). With 0, devices that
+      num_devices: devices to use (0 = automatic, above). With 0, devices that
         cannot be used evenly are left idle; an explicit count must fit.
       num_envs, batch_size, buffer_size: per-seed sizes to split over ``data``.
 
     Returns:
-      The ``Layout``. Raises ValueError when an explicit ``num_devices`` does
-      not fit.
+      The ``Layout``.
+
+    Raises:
+      ConfigError: an explicit ``num_devices`` that is not available or does not
+        divide the per-seed sizes (one line naming the size).
     """
+    from dqnx.errors import ConfigError
+
+    if num_devices == 0 and jax.default_backend() == "cpu" and jax.process_count() == 1:
+        return Layout(math.gcd(num_seeds, jax.local_device_count()), 1)
     available = jax.device_count()
     total = num_devices or available
     if total > available:
-        raise ValueError(f"--num_devices={num_devices} but only {available} device(s)")
+        raise ConfigError(f"--num_devices={num_devices} but only {available} device(s)")
     seeds = math.gcd(num_seeds, total)
     data = total // seeds
+    sizes = {"num_envs": num_envs, "batch_size": batch_size, "buffer_size": buffer_size}
+    if num_devices:
+        for name, value in sizes.items():
+            if value % data:
+                raise ConfigError(
+                    f"--num_devices={num_devices} splits each of the {num_seeds} seed(s) over "
+                    f"{data} devices, but --{name}={value} is not divisible by {data}"
+                )
     fit = data_divisors(num_envs, batch_size, buffer_size)
     if fit % data:
-        if num_devices:
-            raise ValueError(
-                f"--num_devices={num_devices} splits each seed over {data} devices, but "
-                f"--num_envs={num_envs}, --batch_size={batch_size} and "
-                f"--buffer_size={buffer_size} are not all divisible by {data}"
-            )
         data = max(d for d in range(1, data + 1) if fit % d == 0 and (total // seeds) % d == 0)
     return Layout(seeds, data)
 
 
-def make_mesh(layout: Layout) -> Mesh:
-    """The ``(seeds, data)`` mesh over the first ``layout.num_devices`` devices of
-    all processes (process-major, so a data group stays within a host when it can)."""
+def make_mesh(layout: Layout, devices=None) -> Mesh:
+    """The ``(seeds, data)`` mesh over ``devices`` (default: the first
+    ``layout.num_devices`` devices of all processes, process-major, so a data
+    group stays within a host when it can)."""
     import numpy as np
 
-    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    devices = devices[: layout.num_devices]
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    devices = list(devices)[: layout.num_devices]
     return Mesh(np.array(devices).reshape(layout.seeds, layout.data), (SEEDS, DATA))
 
 
@@ -174,7 +192,7 @@ def initialize_distributed(
     if not coordinator_address and not _on_multi_host_tpu():
         return False
     if coordinator_address and not 0 <= process_id < num_processes:
-        from dqnx.config import ConfigError
+        from dqnx.errors import ConfigError
 
         raise ConfigError(
             f"--process_id={process_id} must be in [0, --num_processes={num_processes})"

@@ -1,18 +1,16 @@
 """How dqnx asks XLA to compile on CPU, and parallel ahead-of-time compiles.
 
-Two CPU-only settings, each measured on ``cartpole_reference.flags`` (2-core
-AMD EPYC, jax 0.10.2; ``scripts/bench.py`` and the note of issue 6):
+Two CPU-only settings (their measured effect is in the README's Performance
+section, from ``scripts/bench.py``):
 
 * **Threefry unrolled.** On CPU, JAX lowers every random-bits call to a
-  5-trip ``while`` loop (compiles a little faster on its own). A DQN chunk has a
-  dozen of them per iteration (acting, env resets, sampling) and each loop trip
-  is a separate kernel launch on XLA's CPU runtime. The accelerator lowering,
-  an unrolled out-of-line function, makes the same bits with one fused kernel:
-  1-seed CartPole runs ~10% faster, same numbers bit for bit.
-* **Legacy fusion emitters** (``xla_cpu_use_fusion_emitters=False``): the
-  chunk compiles in ~1.4 s instead of ~2.1 s at the same speed. The numbers
-  differ from the default emitters in the last bits of float math (e.g. ``cos``
-  in CartPole), so a run is reproducible with the same options, as always.
+  5-trip ``while`` loop, each trip a separate kernel launch on XLA's CPU
+  runtime. The accelerator lowering, an unrolled out-of-line function, makes
+  the same bits with one fused kernel: same numbers bit for bit.
+* **Legacy fusion emitters** (``xla_cpu_use_fusion_emitters=False``) for the
+  programs whose speed hardly matters (init, prefill, evaluate): they compile
+  faster. The numbers can differ from the default emitters in the last bits of
+  float math, so a run is reproducible with the same options, as always.
 
 ``DQNX_XLA_CPU_TUNING=0`` turns both off (for A/B timings). An option an XLA
 version no longer knows is dropped after one trial compile, and a JAX without
@@ -92,8 +90,7 @@ def program_options(hot: bool = True, run_once: bool = False, trivial: bool = Fa
     """Compile options for one program. ``hot=False`` marks a program whose speed
     hardly matters (init, prefill, evaluate): on CPU it compiles with the faster
     legacy fusion emitters; ``run_once`` also lowers the LLVM optimisation level
-    to 1 (another ~30% off), ``trivial`` (a program that runs once and does
-    little, like init) to 0 (init: ~0.55 -> ~0.3 s)."""
+    to 1, ``trivial`` (a program that runs once and does little, like init) to 0."""
     if hot:
         return {}
     options = compiler_options()

@@ -5,14 +5,14 @@
 
 Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
 
-* **full loop**: ``train.compile_train`` (ahead-of-time lower + compile of init,
+* **full loop**: ``compiled.compile_train`` (ahead-of-time lower + compile of init,
   prefill and a chunk of ``--iterations`` iterations, timed together as ``run``
   reports it; evaluate then compiles on a worker thread, waited for and timed
   apart), prefill, one warm-up chunk, then ``--chunks`` timed chunks (median).
   The chunk is ``fns.make_chunk(--iterations)``; a device runs its seeds in
   groups (``--seed_group_size``), one group after another.
 * **parts in isolation**, each its own jitted ``lax.scan`` over ``--iterations``
-  iterations, vmapped over seeds as in ``train.py`` and run with the same
+  iterations, vmapped over seeds as in ``dqnx.compiled`` and run with the same
   (seeds x data) device layout as the full loop (``shard_map``), on one seed
   group per device (times multiplied by the number of groups):
   (a) actor rollout with the current parameters (env steps *and* the
@@ -37,28 +37,24 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from dqnx import parallel  # noqa: E402
-from scripts.machine import machine_info  # noqa: E402
+from dqnx import parallel
 
 parallel.use_all_cpu_cores()
 
+import benchlib  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from dqnx import exploration, train  # noqa: E402
+from dqnx import builder, compiled  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
-from dqnx import learner as learner_lib  # noqa: E402
 
 flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per program (after one warm-up chunk).")
@@ -70,90 +66,6 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 
 # ---------------------------------------------------------------------------
-# Machine and timing helpers
-# ---------------------------------------------------------------------------
-
-
-def matmul_timer(n: int):
-    """A compiled, warmed-up ``n`` x ``n`` float32 matmul on one device; calling
-    the result runs it once and returns its wall seconds."""
-    device = jax.local_devices()[0]
-    k1, k2 = jax.random.split(jax.random.key(0))
-    a = jax.device_put(jax.random.normal(k1, (n, n), jnp.float32), device)
-    b = jax.device_put(jax.random.normal(k2, (n, n), jnp.float32), device)
-    f = jax.jit(jnp.matmul).lower(a, b).compile()
-    jax.block_until_ready(f(a, b))
-
-    def timed() -> float:
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        return time.perf_counter() - t0
-
-    return timed
-
-
-def matmul_stats(n: int, times: list[float]) -> dict:
-    flops = 2 * n**3
-    return {
-        "size": n,
-        "repeats": len(times),
-        "median_s": statistics.median(times),
-        "gflops": flops / statistics.median(times) / 1e9,
-        "gflops_best": flops / min(times) / 1e9,
-    }
-
-
-def matmul_gflops(n: int, repeats: int) -> dict:
-    timed = matmul_timer(n)
-    return matmul_stats(n, [timed() for _ in range(repeats)])
-
-
-ONE_CORE_MATMUL = """
-import os, sys
-os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-sys.path.insert(0, sys.argv[1])
-from scripts.bench import matmul_gflops
-print(matmul_gflops(int(sys.argv[2]), int(sys.argv[3]))["gflops"])
-"""
-
-
-def matmul_gflops_one_core(n: int, repeats: int) -> float | None:
-    """The same matmul in a subprocess pinned to one core (Linux, CPU backend):
-    what one XLA CPU device's learner can reach; None where it cannot be pinned."""
-    import subprocess
-
-    if jax.default_backend() != "cpu" or not hasattr(os, "sched_setaffinity"):
-        return None
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    out = subprocess.run(
-        [sys.executable, "-c", ONE_CORE_MATMUL, ROOT, str(n), str(repeats)],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    try:
-        return float(out.stdout.split()[-1])
-    except (IndexError, ValueError):
-        return None
-
-
-def checksum(tree) -> jax.Array:
-    """Per-seed sum of every leaf [S, ...] -> [S] float32 (keeps the work alive)."""
-    total = 0.0
-    for x in jax.tree.leaves(tree):
-        total = total + x.reshape(x.shape[0], -1).astype(jnp.float32).sum(1)
-    return total
-
-
-def specs_of(tree):
-    """The PartitionSpec of every array of ``tree`` as it lies on the mesh."""
-    return jax.tree.map(lambda x: getattr(x.sharding, "spec", P()), tree)
-
-
-def seed_axes_of(tree):
-    """vmap axes over seeds: scalars are shared (replay pos/size), the rest per seed."""
-    return jax.tree.map(lambda x: None if x.ndim == 0 else 0, tree)
-
-
-# ---------------------------------------------------------------------------
 # The parts, each a function (carry, *extra) -> (carry, checksum[S]) scanning
 # ``n`` iterations on one device's seeds.
 # ---------------------------------------------------------------------------
@@ -162,7 +74,7 @@ def seed_axes_of(tree):
 LEARNER_BATCHES = 4  # distinct sampled batches the isolated learner cycles through
 
 
-def make_parts(fns: train.TrainFns, n: int) -> dict:
+def make_parts(fns: compiled.TrainFns, n: int) -> dict:
     config, buffer, layout = fns.config, fns.buffer, fns.layout
     data_axis = layout.data_axis
     updates = config.updates_per_iteration
@@ -170,9 +82,16 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
     add_size = config.num_envs // layout.data * config.rollout_steps
     spi = config.steps_per_iteration
     prioritized = hasattr(buffer, "update_priorities")
-    epsilon_at = exploration.linear_schedule(
-        config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps
-    )
+    replay_axes = compiled.seed_axes(config).replay
+    local_envs = config.num_envs // layout.data
+
+    def epsilon_at(env_steps):
+        # As the full loop acts: Ape-X gives each data shard its slice of the per-env values.
+        eps = fns.schedules.epsilon(env_steps)
+        if config.exploration == "linear" or data_axis is None:
+            return eps
+        start = jax.lax.axis_index(data_axis) * local_envs
+        return jax.lax.dynamic_slice_in_dim(eps, start, local_envs)
 
     def scan_updates(body, carry):
         if updates == 1:
@@ -191,7 +110,7 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
                 actor_state, transitions, stats = jax.vmap(
                     rollout, in_axes=(None if random else 0, 0, None)
                 )(p, actor_state, epsilon_at(t))
-                acc = acc + checksum(transitions) + stats.return_sum
+                acc = acc + benchlib.seed_checksum(transitions) + stats.return_sum
                 return (actor_state, t + spi, acc), None
 
             acc = jnp.zeros(actor_state.key.shape[:1], jnp.float32)
@@ -213,14 +132,14 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
 
     def replay_part(carry):
         replay_state, keys = carry
-        axes = seed_axes_of(replay_state)
+        axes = replay_axes
         add = jax.vmap(buffer.add, in_axes=(axes, 0), out_axes=axes)
         # Items of the right shapes and dtypes: the first slots of each seed's buffer.
         items = jax.tree.map(lambda x: x[:, :add_size], replay_state.data)
 
         def sample_and_touch(rs, key):
             key, batch, idx, _ = sample_one(rs, key)
-            acc = sum(x.astype(jnp.float32).sum() for x in jax.tree.leaves(batch))
+            acc = benchlib.checksum(batch)
             if prioritized:  # the full loop writes new priorities after each update
                 rs = buffer.update_priorities(rs, idx, jnp.abs(batch.reward) + 0.5)
             return rs, key, acc
@@ -244,7 +163,7 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
         return (replay_state, keys), acc
 
     def learner_part(learner_state, replay_state, keys):
-        axes = seed_axes_of(replay_state)
+        axes = replay_axes
         # LEARNER_BATCHES batches sampled up front, used in turn: the update's
         # input changes every time, as in the full loop, so XLA cannot hoist the
         # work that depends on the batch alone (casts, conv patches) out of the loop.
@@ -285,6 +204,11 @@ def make_parts(fns: train.TrainFns, n: int) -> dict:
         "replay": replay_part,
         "learner": learner_part,
     }
+
+
+def specs_of(tree):
+    """The PartitionSpec of every array of ``tree`` as it lies on the mesh."""
+    return jax.tree.map(lambda x: getattr(x.sharding, "spec", P()), tree)
 
 
 def compile_part(fn, mesh, carry, extra):
@@ -347,18 +271,18 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     spi = config.steps_per_iteration
     seeds = config.num_seeds
     # The chunk the full loop runs is fns.chunk: set its length via log_every.
-    config = config.replace(log_every=n * spi).validate()
-    layout = train.choose_layout(config)
-    fns = train.make_train(config, layout=layout)
+    config = builder.validate(config.replace(log_every=n * spi))
+    layout = builder.choose_layout(config)
+    fns = compiled.make_train(config, layout=layout)
     assert fns.config.iterations_per_chunk == n
 
-    programs = train.compile_train(fns)
+    programs = compiled.compile_train(fns)
     evaluate_s = programs.evaluate.seconds()  # compiled in the background: wait for it
     state = programs.initial_state
     state, _ = programs.prefill(state)
     jax.block_until_ready(state)
 
-    # The full loop runs a device's seeds group after group (train.in_seed_groups).
+    # The full loop runs a device's seeds group after group (compiled.in_seed_groups).
     # The parts do the same: each is timed on one group per device and its time
     # multiplied by the number of groups.
     local_seeds = seeds // layout.seeds
@@ -367,8 +291,9 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     part_fns = fns
     part_state = state
     if groups > 1:
-        part_fns = train.make_train(config.replace(num_seeds=group * layout.seeds), layout=layout)
-        part_programs = train.compile_train(part_fns)
+        part_config = config.replace(num_seeds=group * layout.seeds)
+        part_fns = compiled.make_train(part_config, layout=layout)
+        part_programs = compiled.compile_train(part_fns)
         part_programs.evaluate.seconds()  # no background compile during the timings
         part_state, _ = part_programs.prefill(part_programs.initial_state)
         jax.block_until_ready(part_state)
@@ -387,10 +312,10 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     stages = {"full": (programs.chunk, lambda s: s, lambda s: (), None)}
     compile_s = {}
     for name, (carry, extra, field) in getters.items():
-        compiled, compile_s[name] = compile_part(
+        program, compile_s[name] = compile_part(
             parts[name], mesh, carry(part_state), extra(part_state)
         )
-        stages[name] = (compiled, carry, extra, field)
+        stages[name] = (program, carry, extra, field)
     states = {"full": state, "parts": part_state}
 
     def call(name, state):
@@ -408,7 +333,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
 
     for name in stages:  # warm-up
         states[which(name)] = call(name, states[which(name)])
-    matmul = matmul_timer(matmul_size)
+    matmul = benchlib.matmul_timer(matmul_size)
     matmul_per_round = -(-matmul_repeats // chunks)
     # Rounds of one call of each program and a few of the matmul, so that load
     # from elsewhere falls on all alike, the learner and its yardstick included.
@@ -426,7 +351,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     results = {k: (statistics.median(times[k]), compile_s[k]) for k in getters}
 
     # FLOPs of one seed's update, without any device axis.
-    learner = learner_lib.learner_from_config(config, fns.network)
+    learner = builder.make_learner(config, fns.network)
     one_seed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.learner)
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[2:]), x.dtype),
@@ -473,8 +398,6 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
         notes.append("the n-step window update of the full loop is in no part (it is overhead)")
     if getattr(config, "prioritized", False):
         notes.append("(b) also writes priorities for each sampled batch (|r| + 0.5 as |td|)")
-    if getattr(config, "exploration", "linear") != "linear":
-        notes.append("(a) acts with the linear epsilon schedule, not per-env epsilons")
     return {
         "notes": notes,
         "env": config.env_name,
@@ -507,7 +430,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
         },
         "load_avg_1m_end": os.getloadavg()[0],
         "config": config.to_dict(),
-        "matmul": matmul_stats(matmul_size, matmul_times),
+        "matmul": benchlib.matmul_stats(matmul_size, matmul_times),
     }
 
 
@@ -517,7 +440,7 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
         f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} {info['backend']}, "
         f"{len(info['devices'])} device(s); load average {info['load_avg_1m']:.1f} at start, "
         f"{r['load_avg_1m_end']:.1f} at end; XLA_FLAGS={info['xla_flags']!r}; dqnx XLA CPU "
-        f"tuning {'on' if info['dqnx_xla_cpu_tuning'] else 'off (DQNX_XLA_CPU_TUNING=0)'}"
+        f"tuning {benchlib.tuning_text(info)}"
     )
     print(
         f"# {r['env']}: {seeds} seed(s) on {ls}x{ld} (seeds x data) device(s), the run's "
@@ -583,11 +506,11 @@ def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
     fl = flags.FLAGS
-    config = dqnx_flags.config_from_flags().validate()
-    info = machine_info()
+    config = builder.validate(dqnx_flags.config_from_flags())
+    info = benchlib.machine_info()
     result = bench(config, fl.iterations, fl.chunks, fl.matmul_size, fl.matmul_repeats)
     mm = result.pop("matmul")
-    mm["gflops_one_core"] = matmul_gflops_one_core(fl.matmul_size, fl.matmul_repeats)
+    mm["gflops_one_core"] = benchlib.matmul_gflops_one_core(fl.matmul_size, fl.matmul_repeats)
     if mm["gflops_one_core"]:
         # Each XLA CPU device runs on one core: the learner's ceiling is the
         # one-core figure times the devices the run uses.
@@ -598,9 +521,7 @@ def main(argv):
     for value in (result["overhead"], mm["gflops"]):
         if not math.isfinite(value):
             print("warning: a measurement is not finite", file=sys.stderr)
-    if fl.out:
-        with open(fl.out, "w") as f:
-            json.dump({"machine": info, "matmul": mm, **result}, f, indent=2)
+    benchlib.write_json(fl.out, {"machine": info, "matmul": mm, **result})
 
 
 if __name__ == "__main__":

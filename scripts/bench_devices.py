@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+import benchlib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,9 +63,7 @@ def main(argv=None) -> int:
         rows.append(row)
         layout = "x".join(map(str, row["layout"]))
         print(f"{d:>8} {layout:>13} {row['compile_s']:>10.2f} {row['sps']:>12,.0f}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+    benchlib.write_json(args.out, rows)
     return 0
 
 

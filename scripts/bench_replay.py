@@ -25,22 +25,17 @@ the true final observation of a time-limit truncation that dqnx bootstraps from.
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import math
-import os
-import statistics
-import sys
-import time
 from typing import NamedTuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dqnx import replay  # noqa: E402
-from dqnx.types import Transition  # noqa: E402
+from dqnx import replay
+from dqnx.types import Transition
 
 SHAPES = {
     "CartPole (obs float32[4])": ((4,), jnp.float32),
@@ -90,54 +85,38 @@ class Bench(NamedTuple):
     make_items: object
 
 
-def dqnx_buffer(capacity, batch, add, obs_shape, dtype) -> Bench:
-    buf = replay.uniform_replay(capacity, add_batch_size=add)
-    item = jax.tree.map(lambda x: x[0], transitions(0, 1, obs_shape, dtype))
+def bench_of(buf, sample, make, add, obs_shape, dtype) -> Bench:
+    """The ``Bench`` of buffer ``buf`` holding what ``make`` (``transitions`` or
+    ``steps``) makes, ``add`` at a time; ``sample(state, key) -> batch``."""
+    item = jax.tree.map(lambda x: x[0], make(0, 1, obs_shape, dtype))
     return Bench(
         init=lambda: buf.init(item),
         add=buf.add,
-        sample=lambda s, k: buf.sample(s, k, batch)[0],
-        make_items=lambda k: transitions(k, add, obs_shape, dtype),
+        sample=sample,
+        make_items=lambda k: make(k, add, obs_shape, dtype),
     )
+
+
+def dqnx_buffer(capacity, batch, add, obs_shape, dtype) -> Bench:
+    buf = replay.uniform_replay(capacity, add_batch_size=add)
+    sample = lambda s, k: buf.sample(s, k, batch)[0]
+    return bench_of(buf, sample, transitions, add, obs_shape, dtype)
 
 
 def flashbax_item_buffer(fbx, capacity, batch, add, obs_shape, dtype) -> Bench:
     buf = fbx.make_item_buffer(
         max_length=capacity, min_length=batch, sample_batch_size=batch, add_batches=True
     )
-    item = jax.tree.map(lambda x: x[0], transitions(0, 1, obs_shape, dtype))
-    return Bench(
-        init=lambda: buf.init(item),
-        add=buf.add,
-        sample=lambda s, k: buf.sample(s, k).experience,
-        make_items=lambda k: transitions(k, add, obs_shape, dtype),
-    )
+    sample = lambda s, k: buf.sample(s, k).experience
+    return bench_of(buf, sample, transitions, add, obs_shape, dtype)
 
 
 def flashbax_flat_buffer(fbx, capacity, batch, add, obs_shape, dtype) -> Bench:
     buf = fbx.make_flat_buffer(
         max_length=capacity, min_length=batch, sample_batch_size=batch, add_batch_size=add
     )
-    item = jax.tree.map(lambda x: x[0], steps(0, 1, obs_shape, dtype))
-    return Bench(
-        init=lambda: buf.init(item),
-        add=buf.add,
-        sample=lambda s, k: buf.sample(s, k).experience,
-        make_items=lambda k: steps(k, add, obs_shape, dtype),
-    )
-
-
-def checksum(tree) -> jax.Array:
-    return sum(x.astype(jnp.float32).sum() for x in jax.tree.leaves(tree))
-
-
-def median_us(fn, args_list) -> float:
-    times = []
-    for args in args_list:
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+    sample = lambda s, k: buf.sample(s, k).experience
+    return bench_of(buf, sample, steps, add, obs_shape, dtype)
 
 
 def measure(b: Bench, capacity: int, add: int, repeats: int) -> dict:
@@ -152,16 +131,16 @@ def measure(b: Bench, capacity: int, add: int, repeats: int) -> dict:
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
     jax.block_until_ready(sample_j(state, keys[0]))
 
-    # add: the state is donated, so every call starts from the previous call's output.
-    times = []
-    for i in range(repeats):
-        it = items[i % len(items)]
-        t0 = time.perf_counter()
-        state = add_j(state, it)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    add_us = 1e6 * statistics.median(times)
-    sample_us = median_us(sample_j, [(state, k) for k in keys])
+    # Warmed up by the fill above; add donates the state, so every call starts from
+    # the previous call's output.
+    cycled = itertools.cycle(items)
+    add_us, state = benchlib.donated_us(
+        add_j, state, lambda: (next(cycled),), repeats, warmup=False
+    )
+    timed_keys = iter(keys)
+    sample_us = benchlib.median_us(
+        sample_j, lambda: (state, next(timed_keys)), repeats, warmup=False
+    )
 
     # The same inside one compiled scan (per op, no dispatch).
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *items)
@@ -176,23 +155,19 @@ def measure(b: Bench, capacity: int, add: int, repeats: int) -> dict:
     @jax.jit
     def sample_scan(state, key):
         def body(acc, k):
-            return acc + checksum(b.sample(state, k)), None
+            return acc + benchlib.checksum(b.sample(state, k)), None
 
         return jax.lax.scan(body, jnp.float32(0), jax.random.split(key, repeats))[0]
 
     state = jax.block_until_ready(add_scan(state))
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(add_scan(state))
-    add_scan_us = 1e6 * (time.perf_counter() - t0) / repeats
+    state, add_scan_s = benchlib.timed(add_scan, state)
     jax.block_until_ready(sample_scan(state, keys[0]))
-    t0 = time.perf_counter()
-    jax.block_until_ready(sample_scan(state, keys[1]))
-    sample_scan_us = 1e6 * (time.perf_counter() - t0) / repeats
+    _, sample_scan_s = benchlib.timed(sample_scan, state, keys[1])
     return {
         "add_us": add_us,
         "sample_us": sample_us,
-        "add_us_in_scan": add_scan_us,
-        "sample_us_in_scan": sample_scan_us,
+        "add_us_in_scan": 1e6 * add_scan_s / repeats,
+        "sample_us_in_scan": 1e6 * sample_scan_s / repeats,
         "state_bytes": nbytes,
         "bytes_per_transition": nbytes / capacity,
     }
@@ -207,17 +182,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
 
-    try:
-        from importlib.metadata import version
-
-        import flashbax as fbx
-
-        fbx_version, fbx_error = version("flashbax"), None
-    except Exception as e:  # ImportError, or a broken install
-        fbx, fbx_version, fbx_error = None, None, f"{type(e).__name__}: {e}"
-
+    fbx, fbx_version, fbx_error = benchlib.import_flashbax()
+    runtime = benchlib.runtime_info()
     print(
-        f"# jax {jax.__version__} {jax.default_backend()}, {os.cpu_count()} cores; capacity "
+        f"# jax {runtime['jax']} {runtime['backend']}, {runtime['cores']} cores; capacity "
         f"{args.capacity:,d}, batch {args.batch}, add {args.add}; median of {args.repeats} "
         "jitted calls (add donates the state), or per op in one lax.scan of as many"
     )
@@ -252,9 +220,7 @@ def main(argv=None) -> dict:
                 flush=True,
             )
     result = {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "cores": os.cpu_count(),
+        **runtime,
         "capacity": args.capacity,
         "batch": args.batch,
         "add": args.add,
@@ -263,9 +229,7 @@ def main(argv=None) -> dict:
         "flashbax_error": fbx_error,
         "results": rows,
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    benchlib.write_json(args.out, result)
     return result
 
 

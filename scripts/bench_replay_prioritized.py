@@ -45,20 +45,14 @@ as for dqnx:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import statistics
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from dqnx import prioritized, replay  # noqa: E402
-from dqnx.types import Transition  # noqa: E402
+from dqnx import prioritized, replay
+from dqnx.types import Transition
 
 ALPHA = 0.6  # priority exponent, dqnx's default and flashbax's
 BETA = 0.4
@@ -76,31 +70,6 @@ def cartpole_items(key, n):
         next_obs=obs + 0.1,
         terminated=jnp.zeros((n,), bool),
     )
-
-
-def median_us(fn, args_fn, repeats):
-    """Median wall time in µs of ``fn(*args_fn())``, after one untimed call."""
-    jax.block_until_ready(fn(*args_fn()))
-    times = []
-    for _ in range(repeats):
-        args = args_fn()
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
-
-
-def donated_us(fn, state, args_fn, repeats):
-    """``median_us`` of ``state = fn(state, *args_fn())``, ``fn`` jitted with the state
-    donated: each call starts from the previous call's output. Returns (µs, last state)."""
-    holder = [state]
-
-    def step(*args):
-        holder[0] = fn(holder[0], *args)
-        return holder[0]
-
-    us = median_us(step, args_fn, repeats)
-    return us, holder[0]
 
 
 def cumsum_sample(state, key, batch_size, beta, capacity):
@@ -127,9 +96,11 @@ def bench(capacity, batch_size, add_size, repeats, fbx=None):
     )
     u_add = jax.jit(uni.add, donate_argnums=0)
     u_sample = jax.jit(uni.sample, static_argnums=2)
-    rows["uniform add"], u_state = donated_us(u_add, u_state, lambda: (items,), repeats)
+    rows["uniform add"], u_state = benchlib.donated_us(u_add, u_state, lambda: (items,), repeats)
     keys = iter(jax.random.split(jax.random.key(2), repeats + 1))
-    rows["uniform sample"] = median_us(u_sample, lambda: (u_state, next(keys), batch_size), repeats)
+    rows["uniform sample"] = benchlib.median_us(
+        u_sample, lambda: (u_state, next(keys), batch_size), repeats
+    )
 
     per = prioritized.prioritized_replay(capacity, add_batch_size=add_size, priority_exponent=ALPHA)
     full = cartpole_items(jax.random.key(0), capacity)  # a fresh copy: add donates
@@ -142,15 +113,17 @@ def bench(capacity, batch_size, add_size, repeats, fbx=None):
     p_sample = jax.jit(per.sample, static_argnums=2)
     c_sample = jax.jit(cumsum_sample, static_argnums=(2, 4))
 
-    rows["prioritized add"], p_state = donated_us(p_add, p_state, lambda: (items,), repeats)
+    rows["prioritized add"], p_state = benchlib.donated_us(
+        p_add, p_state, lambda: (items,), repeats
+    )
     keys = iter(jax.random.split(jax.random.key(4), 2 * repeats + 2))
-    rows["prioritized sample (sum tree)"] = median_us(
+    rows["prioritized sample (sum tree)"] = benchlib.median_us(
         p_sample, lambda: (p_state, next(keys), batch_size, BETA), repeats
     )
-    rows["prioritized sample (cumsum)"] = median_us(
+    rows["prioritized sample (cumsum)"] = benchlib.median_us(
         c_sample, lambda: (p_state, next(keys), batch_size, BETA, capacity), repeats
     )
-    rows["prioritized update_priorities"], p_state = donated_us(
+    rows["prioritized update_priorities"], p_state = benchlib.donated_us(
         p_update, p_state, lambda: (idx, new_td), repeats
     )
     if fbx is not None:
@@ -174,9 +147,13 @@ def bench_flashbax(fbx, capacity, batch_size, items, td, idx, new_td, repeats):
     )
     u_add = jax.jit(uni.add, donate_argnums=0)
     u_sample = jax.jit(lambda s, k: uni.sample(s, k).experience)
-    rows["flashbax uniform add"], u_state = donated_us(u_add, u_state, lambda: (items,), repeats)
+    rows["flashbax uniform add"], u_state = benchlib.donated_us(
+        u_add, u_state, lambda: (items,), repeats
+    )
     keys = iter(jax.random.split(jax.random.key(2), repeats + 1))
-    rows["flashbax uniform sample"] = median_us(u_sample, lambda: (u_state, next(keys)), repeats)
+    rows["flashbax uniform sample"] = benchlib.median_us(
+        u_sample, lambda: (u_state, next(keys)), repeats
+    )
 
     per = fbx.make_prioritised_item_buffer(
         add_batches=True, priority_exponent=ALPHA, device="cpu", **kwargs
@@ -213,14 +190,14 @@ def bench_flashbax(fbx, capacity, batch_size, items, td, idx, new_td, repeats):
 
         p_add = jax.jit(add, donate_argnums=0)
         p_set = jax.jit(set_priorities, donate_argnums=0)
-        rows[f"flashbax prioritized add ({method})"], p_state = donated_us(
+        rows[f"flashbax prioritized add ({method})"], p_state = benchlib.donated_us(
             p_add, p_state, lambda: (items,), repeats
         )
         if method == "scan":
-            rows["flashbax prioritized sample"] = median_us(
+            rows["flashbax prioritized sample"] = benchlib.median_us(
                 p_sample, lambda s=p_state: (s, next(keys)), repeats
             )
-        rows[f"flashbax prioritized set_priorities ({method})"], p_state = donated_us(
+        rows[f"flashbax prioritized set_priorities ({method})"], p_state = benchlib.donated_us(
             p_set, p_state, lambda: (idx, new_td), repeats
         )
     ops = ["add (scan)", "add (bincount)", "sample", "set_priorities (scan)"]
@@ -240,15 +217,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     capacities = [int(float(c)) for c in args.capacities.split(",")]
 
-    try:
-        from importlib.metadata import version
-
-        import flashbax as fbx
-
-        fbx_version, fbx_error = version("flashbax"), None
-    except Exception as e:  # ImportError, or a broken install
-        fbx, fbx_version, fbx_error = None, None, f"{type(e).__name__}: {e}"
-
+    fbx, fbx_version, fbx_error = benchlib.import_flashbax()
     print(f"devices: {jax.devices()}")
     print(f"batch_size={args.batch_size} add_size={args.add_size} repeats={args.repeats}")
     print(f"flashbax {fbx_version}" if fbx else f"flashbax: NOT AVAILABLE ({fbx_error})")
@@ -264,9 +233,7 @@ def main(argv=None) -> dict:
         print(f"{'flashbax (all rows)':<{width}}  NOT AVAILABLE: pip install -e '.[bench]'")
 
     result = {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "cores": os.cpu_count(),
+        **benchlib.runtime_info(),
         "capacities": capacities,
         "batch_size": args.batch_size,
         "add_size": args.add_size,
@@ -280,9 +247,7 @@ def main(argv=None) -> dict:
         ],
     }
     assert all(math.isfinite(r["us"]) for r in result["results"])
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    benchlib.write_json(args.out, result)
     return result
 
 

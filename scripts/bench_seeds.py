@@ -13,22 +13,19 @@ of all seeds and excludes compilation, prefill and evaluation.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dqnx import parallel  # noqa: E402
-from scripts.machine import machine_info  # noqa: E402
+from dqnx import parallel
 
 parallel.use_all_cpu_cores()
 
+import benchlib  # noqa: E402
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
+from dqnx import builder, compiled  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
-from dqnx import train  # noqa: E402
 
 flags.DEFINE_list("seeds", ["1", "8", "32"], "Seed counts to measure.")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per seed count.")
@@ -36,8 +33,8 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 
 def measure(config, chunks):
-    fns = train.make_train(config, layout=train.choose_layout(config))
-    programs = train.compile_train(fns)
+    fns = compiled.make_train(config, layout=builder.choose_layout(config))
+    programs = compiled.compile_train(fns)
     compile_s = programs.compile_s  # as `run` reports it: until the training programs are ready
     state, _ = programs.prefill(programs.initial_state)
     state, m = programs.chunk(state)
@@ -63,18 +60,17 @@ def measure(config, chunks):
 def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
-    base = dqnx_flags.config_from_flags().validate()
-    info = {"config": base.env_name, **machine_info()}
+    base = builder.validate(dqnx_flags.config_from_flags())
+    info = {"config": base.env_name, **benchlib.machine_info()}
     print(
         f"# {info['config']} on {info['backend']}: {info['cpu']} ({info['cores']} cores, "
         f"{len(info['devices'])} device(s)), jax {info['jax']}, XLA CPU tuning "
-        f"{'on' if info['dqnx_xla_cpu_tuning'] else 'off (DQNX_XLA_CPU_TUNING=0)'}, "
-        f"load average {info['load_avg_1m']:.1f} at start"
+        f"{benchlib.tuning_text(info)}, load average {info['load_avg_1m']:.1f} at start"
     )
     print(f"{'seeds':>6} {'seeds x data':>13} {'compile_s':>10} {'evaluate_s':>11} {'steps/s':>12}")
     rows = []
     for s in flags.FLAGS.seeds:
-        row = measure(base.replace(num_seeds=int(s)).validate(), flags.FLAGS.chunks)
+        row = measure(builder.validate(base.replace(num_seeds=int(s))), flags.FLAGS.chunks)
         rows.append(row)
         layout = "x".join(map(str, row["layout"]))
         print(
@@ -82,9 +78,7 @@ def main(argv):
             f"{row['evaluate_compile_s']:>11.2f} {row['sps']:>12,.0f}",
             flush=True,
         )
-    if flags.FLAGS.out:
-        with open(flags.FLAGS.out, "w") as f:
-            json.dump({"machine": info, "results": rows}, f, indent=2)
+    benchlib.write_json(flags.FLAGS.out, {"machine": info, "results": rows})
 
 
 if __name__ == "__main__":

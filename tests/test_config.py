@@ -5,6 +5,7 @@ import pytest
 from absl import flags as absl_flags
 
 import dqnx
+from dqnx import builder
 from dqnx import flags as dqnx_flags
 from dqnx.config import ConfigError
 
@@ -31,7 +32,7 @@ def test_all_shipped_configs_validate():
         "space_invaders_minatar",
     } <= names
     for path in CONFIGS:
-        parse(f"--flagfile={path}").validate()
+        builder.validate(parse(f"--flagfile={path}"))
 
 
 def test_reference_config_is_exact():
@@ -81,9 +82,27 @@ def test_dict_round_trip():
 )
 def test_validation_messages(changes, message):
     with pytest.raises(ConfigError, match=message):
-        dqnx.Config(**changes).validate()
+        builder.validate(dqnx.Config(**changes))
 
 
 def test_seeds_over_devices_need_no_divisible_sizes():
     # 2 seeds on 2 devices: whole seeds per device, nothing of a seed is split.
-    dqnx.Config(num_seeds=2, num_devices=2, num_envs=3).validate()
+    builder.validate(dqnx.Config(num_seeds=2, num_devices=2, num_envs=3))
+
+
+def test_per_field_checks_need_no_environment_or_devices():
+    """``Config.validate`` checks fields alone; the env name is checked by the builder."""
+    config = dqnx.Config(env_name="NoSuchEnv-v0")
+    assert config.validate() is config
+    with pytest.raises(ConfigError, match="unknown --env_name='NoSuchEnv-v0'"):
+        builder.validate(config)
+
+
+def test_result_neutral_fields_are_marked_on_the_fields():
+    neutral = dqnx.Config.result_neutral_fields()
+    assert {"workdir", "total_steps", "num_devices", "eval_every", "seed_group_size"} <= neutral
+    assert not {"learning_rate", "gamma", "seed", "num_seeds", "env_name"} & neutral
+    assert "total_steps" not in dqnx.Config.result_neutral_fields(anneal_lr=True)
+    config = dqnx.Config()
+    saved = config.replace(gamma=0.5, eval_every=7).to_dict()
+    assert config.drift(saved) == ["gamma"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dqnx import logging as dlog
+from dqnx import progress as progress_lib
 from dqnx.config import ConfigError
 
 
@@ -215,7 +216,7 @@ def test_tensorboard_missing_is_reported_at_construction(tmp_path, monkeypatch):
 
 def test_progress_prints_plain_lines_when_not_a_terminal():
     out = io.StringIO()
-    progress = dlog.Progress(1000, use_bar=None, file=out)  # StringIO is not a TTY
+    progress = progress_lib.Progress(1000, use_bar=None, file=out)  # StringIO is not a TTY
     assert not progress.uses_bar
     progress.update(_record(500, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3]), eta_s=75)
     progress.update(_record(1000, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], eval_return=[9, 9, 9]))
@@ -231,7 +232,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
 
 def test_progress_bar_shows_steps_and_postfix():
     out = io.StringIO()
-    progress = dlog.Progress(1_000_000, initial=100_000, use_bar=True, file=out)
+    progress = progress_lib.Progress(1_000_000, initial=100_000, use_bar=True, file=out)
     assert progress.uses_bar
     progress.update(_record(500_000, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], eval_return=[7, 8, 9]))
     progress.update(_record(600_000, [4.0, 5.0, 6.0], [0.1, 0.2, 0.3], eps=0.25))
@@ -246,7 +247,7 @@ def test_progress_bar_shows_steps_and_postfix():
 
 def test_progress_disabled_prints_nothing():
     out = io.StringIO()
-    progress = dlog.Progress(10, use_bar=True, file=out, enabled=False)
+    progress = progress_lib.Progress(10, use_bar=True, file=out, enabled=False)
     progress.update(_record(5, [1.0], [0.1]))
     progress.write("x")
     progress.close()
@@ -259,7 +260,7 @@ def test_progress_picks_the_bar_on_a_terminal():
             return True
 
     out = Terminal()
-    progress = dlog.Progress(100, file=out)
+    progress = progress_lib.Progress(100, file=out)
     assert progress.uses_bar
     progress.update(_record(50, [1.0], [0.1]))
     progress.close()

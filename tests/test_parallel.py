@@ -34,14 +34,14 @@ import json
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import PartitionSpec as P
 import dqnx
-from dqnx import learner as learner_lib, networks, parallel
+from dqnx import builder, parallel
 from dqnx.types import Transition
 
 config = dqnx.Config(hidden_sizes=(32, 32), double_q=True, target_update_period=2,
                      max_grad_norm=1.0, loss="huber", learning_rate=1e-2)
-net = networks.make_q_network(config, (4,), 2)
-one = learner_lib.learner_from_config(config, net, axis_name=None)
-four = learner_lib.learner_from_config(config, net, axis_name=parallel.DATA)
+net = builder.make_network(config, (4,), 2)
+one = builder.make_learner(config, net, axis_name=None)
+four = builder.make_learner(config, net, axis_name=parallel.DATA)
 state = one.init(jax.random.key(0), jnp.zeros((1, 4)))
 B = 64
 k = jax.random.split(jax.random.key(1), 5)
@@ -85,12 +85,12 @@ from dqnx import parallel
 parallel.initialize_distributed("127.0.0.1:{port}", 2, {pid})
 import jax
 import dqnx
-from dqnx import train
+from dqnx import shell
 config = dqnx.Config(env_name="CartPole-v1", num_seeds=1, num_devices=4, num_envs=4,
                      buffer_size=1000, batch_size=32, hidden_sizes=(16,), learning_starts=64,
                      total_steps=1200, log_every=400, checkpoint_every=400, eval_every=0,
                      eval_episodes=2, tensorboard=False)
-s = train.run(config, {workdir!r})
+s = shell.run(config, {workdir!r})
 print(json.dumps({{"pid": jax.process_index(), "processes": jax.process_count(),
                   "devices": jax.device_count(), "local": s["local_params_digest"],
                   "global": s["params_digest"]}}))
@@ -119,17 +119,3 @@ def test_two_processes_train_identically_and_only_process_0_writes(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["env_steps"] for x in lines] == [464, 864, 1200]  # one writer
     assert (workdir / "checkpoints" / "1200").is_dir()
-
-
-def test_tpu_launcher_prints_commands_for_all_workers():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import launch_tpu
-
-    args, run_flags = launch_tpu.parse(
-        ["--name=t", "--zone=z", "--accelerator_type=v4-32", "--", "--num_seeds=8"]
-    )
-    cmds = [" ".join(c) for c in launch_tpu.commands(args, run_flags)]
-    assert "create t --zone=z --accelerator-type=v4-32" in cmds[0]
-    train = [c for c in cmds if "experiments/run.py" in c]
-    assert len(train) == 1 and "--worker=all" in train[0] and "--num_seeds=8" in train[0]
-    assert cmds[-1].endswith("--quiet") and "delete" in cmds[-1]

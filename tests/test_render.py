@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dqnx
-from dqnx import evaluate, train
+from dqnx import compiled, evaluate, shell
 
 TINY = dqnx.Config(
     env_name="CartPole-v1",
@@ -29,12 +29,12 @@ TINY = dqnx.Config(
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("render") / "cartpole"
-    train.run(TINY, path, quiet=True)
+    shell.run(TINY, path, quiet=True)
     return path
 
 
 def test_play_episode_stops_at_the_first_end_on_the_reached_state():
-    fns = train.make_train(TINY)
+    fns = compiled.make_train(TINY)
     params = fns.network.init(jax.random.key(0), np.zeros((1, 4), np.float32))  # untrained
     states, rewards, ended = evaluate.play_episode(fns, params, jax.random.key(0), max_steps=200)
     length = len(rewards)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import dqnx
-from dqnx import train, xla
+from dqnx import builder, compiled, shell, xla
+from dqnx.compiled import seed_group_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ TINY = dqnx.Config(
 
 @pytest.fixture(scope="module")
 def tiny_fns():
-    return train.make_train(TINY.validate())
+    return compiled.make_train(TINY.validate())
 
 
 def test_seeds_are_independent(tiny_fns):
@@ -45,7 +46,7 @@ def test_seeds_are_independent(tiny_fns):
     keys = jax.random.key_data(state.actor.key)
     assert not np.array_equal(keys[0], keys[1])  # own exploration keys
     # seed i of a sweep is the run of --seed=seed+i
-    single = train.make_train(TINY.replace(num_seeds=1, seed=1).validate())
+    single = compiled.make_train(TINY.replace(num_seeds=1, seed=1).validate())
     w1 = np.asarray(jax.jit(single.init)().learner.params["params"]["Dense_0"]["kernel"])
     np.testing.assert_array_equal(w1[0], w[1])
 
@@ -89,23 +90,25 @@ def test_chunk_reports_the_env_step_of_the_first_nonfinite_loss():
     from dqnx import learner as learner_lib
 
     config = TINY.validate()
-    network = dqnx.networks.make_q_network(config, (4,), 2)
-    base = learner_lib.learner_from_config(config, network)
+    network = builder.make_network(config, (4,), 2)
+    base = builder.make_learner(config, network)
 
     def update(state, batch):
         state, metrics = base.update(state, batch)
         loss = jnp.where(state.num_updates >= 4, jnp.nan, metrics["loss"])
         return state, dict(metrics, loss=loss)
 
-    fns = train.make_train(config, network=network, learner=learner_lib.Learner(base.init, update))
+    fns = compiled.make_train(
+        config, network=network, learner=learner_lib.Learner(base.init, update)
+    )
     state, _ = jax.jit(fns.prefill)(jax.jit(fns.init)())
     _, metrics = jax.jit(fns.run_chunk)(state, jnp.int32(10))
     np.testing.assert_array_equal(np.asarray(metrics.first_nonfinite), [216, 216])
 
 
 def test_run_is_deterministic_and_writes_contract_files(tmp_path):
-    a = train.run(TINY, tmp_path / "a", quiet=True)
-    b = train.run(TINY, tmp_path / "b", quiet=True)
+    a = shell.run(TINY, tmp_path / "a", quiet=True)
+    b = shell.run(TINY, tmp_path / "b", quiet=True)
     assert a["params_digest"] == b["params_digest"]
     assert len(a["params_digest"]) == 2 and a["params_digest"][0] != a["params_digest"][1]
     assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in a["params_digest"])
@@ -147,7 +150,7 @@ def test_cartpole_learns(tmp_path):
     dqnx_flags.define_flags(fv)
     fv([sys.argv[0], f"--flagfile={flags}", "--total_steps=60000", "--eval_every=0"])
     config = dqnx_flags.config_from_flags(fv).replace(num_seeds=1, seed=0)
-    summary = train.run(config, tmp_path / "cp", quiet=True)
+    summary = shell.run(config, tmp_path / "cp", quiet=True)
     assert summary["eval_return_mean"] >= 150, summary["eval_return_per_seed"]
 
 
@@ -201,13 +204,17 @@ def test_cli_bad_input(tmp_path, args, message):
     assert not (tmp_path / "w").exists()
 
 
-def test_readme_library_example():
+@pytest.mark.parametrize("marker", ["library-example", "blocks-example"])
+def test_readme_library_examples(marker):
     text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- library-example -->\s*```python\n(.*?)```", text, re.S)
-    assert m, "README lost its library example"
+    m = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert m, f"README lost its {marker}"
     namespace = {}
     exec(compile(m.group(1), "README.md", "exec"), namespace)
     assert np.isfinite(np.asarray(namespace["returns"])).all()
+    if marker == "blocks-example":  # the hand-written loop learned something
+        assert np.isfinite(np.asarray(namespace["losses"])).all()
+        assert float(np.mean(namespace["returns"])) > 100
 
 
 def test_apex_rainbow_options_compose():
@@ -220,7 +227,7 @@ def test_apex_rainbow_options_compose():
         actor_sync_period=3,
         updates_per_iteration=2,
     ).validate()
-    fns = train.make_train(config)
+    fns = compiled.make_train(config)
     state = jax.jit(fns.init)()
     state, _ = jax.jit(fns.prefill)(state)
     assert int(state.env_steps) == config.prefill_steps == 200  # 8 warm-up + 48 x 4
@@ -254,7 +261,7 @@ def test_seed_groups_match_all_seeds_at_once():
 
     def run(group):
         config = base.replace(seed_group_size=group).validate()
-        fns = train.make_train(config)
+        fns = compiled.make_train(config)
         assert fns.seed_group == group
         state = jax.jit(fns.init)()
         state, _ = jax.jit(fns.prefill)(state)
@@ -266,8 +273,8 @@ def test_seed_groups_match_all_seeds_at_once():
         return jax.device_get((state, metrics))
 
     # The CPU default: pairs for a small learner, one seed at a time for a large one.
-    assert train.seed_group_size(base.validate(), 4, learner_size=32 * 226) == 2
-    assert train.seed_group_size(base.validate(), 4, learner_size=64 * 132_566) == 1
+    assert seed_group_size(0, 4, learner_size=32 * 226) == 2
+    assert seed_group_size(0, 4, learner_size=64 * 132_566) == 1
     (s4, m4), (s2, m2) = run(4), run(2)
     assert int(s2.env_steps) == int(s4.env_steps) > base.learning_starts
     assert int(s2.replay.pos) == int(s4.replay.pos)
@@ -284,7 +291,7 @@ def test_seed_groups_match_all_seeds_at_once():
 def test_compile_train_evaluates_like_the_program_it_defers(tiny_fns):
     """``evaluate`` compiles on a worker thread after the training programs; it
     returns what the same function compiled directly returns."""
-    programs = train.compile_train(tiny_fns)
+    programs = compiled.compile_train(tiny_fns)
     assert isinstance(programs.evaluate, xla.Deferred)
     assert set(programs.compile_parts_s) == {"init", "prefill", "chunk"}
     state, _ = programs.prefill(programs.initial_state)
@@ -292,4 +299,4 @@ def test_compile_train_evaluates_like_the_program_it_defers(tiny_fns):
     direct = jax.jit(tiny_fns.evaluate)(state)
     np.testing.assert_array_equal(np.asarray(programs.evaluate(state)), np.asarray(direct))
     assert programs.evaluate.seconds() > 0
-    assert train.compile_train(tiny_fns, training=False).evaluate is not None
+    assert compiled.compile_train(tiny_fns, training=False).evaluate is not None

@@ -1,0 +1,239 @@
+"""The one place that turns a ``Config`` into building blocks.
+
+The blocks (``envs``, ``networks``, ``learner``, ``replay``, ``prioritized``,
+``nstep``, ``actor``, ``exploration``, ``losses``) take plain arguments and
+never see a ``Config``; research code can call them directly. Both execution
+modes and the command-line tools build them through here, so a flag means the
+same thing everywhere. ``validate`` holds every check that needs more than a
+field's own value: the environment, the devices and the memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnx import envs, exploration, learner, networks, parallel, prioritized, replay
+from dqnx.config import Config
+from dqnx.errors import ConfigError
+
+
+class Schedules(NamedTuple):
+    """Step-indexed schedules, the same objects on device and on the host.
+
+    Attributes:
+      epsilon: ``env_steps -> epsilon``: a float32 scalar (linear schedule) or
+        one value per environment ``[num_envs]`` (Ape-X), usable inside jit.
+      beta: ``env_steps -> importance exponent`` of prioritized replay.
+    """
+
+    epsilon: Callable[[jax.Array], jax.Array]
+    beta: Callable[[jax.Array], jax.Array]
+
+    def mean_epsilon(self, env_steps: int) -> float:
+        """The exploration rate at ``env_steps`` for logs (Ape-X: the mean over envs)."""
+        return float(jnp.mean(self.epsilon(env_steps)))
+
+
+def make_schedules(config: Config) -> Schedules:
+    """The epsilon and beta schedules ``config`` describes."""
+    if config.exploration == "apex":
+
+        def epsilon(env_steps):  # fixed per environment
+            del env_steps
+            return exploration.apex_epsilons(
+                config.num_envs, config.apex_epsilon, config.apex_alpha
+            )
+    else:
+        epsilon = exploration.linear_schedule(
+            config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps
+        )
+    beta = exploration.linear_schedule(config.importance_exponent, 1.0, config.total_steps)
+    return Schedules(epsilon, beta)
+
+
+def make_env(config: Config) -> envs.Env:
+    """The compiled (gymnax) environment ``config.env_name`` names."""
+    return envs.make(config.env_name)
+
+
+def make_network(config: Config, obs_shape: tuple[int, ...], num_actions: int):
+    """The Q-network ``config.network`` names, for this observation shape."""
+    return networks.make_q_network(
+        config.network, obs_shape, num_actions, config.hidden_sizes, config.dueling
+    )
+
+
+def make_optimizer(config: Config):
+    """Adam with the config's step size, epsilon, clipping and annealing."""
+    return learner.make_optimizer(
+        config.learning_rate,
+        config.adam_eps,
+        config.max_grad_norm,
+        config.total_updates if config.anneal_lr else 0,
+    )
+
+
+def make_learner(config: Config, network, axis_name: str | None = None) -> learner.Learner:
+    """The learner ``config`` describes, averaging gradients over ``axis_name``."""
+    return learner.make_learner(
+        network,
+        make_optimizer(config),
+        gamma=config.gamma,
+        double_q=config.double_q,
+        loss=config.loss,
+        huber_delta=config.huber_delta,
+        target_update_period=config.target_update_period,
+        tau=config.tau,
+        axis_name=axis_name,
+    )
+
+
+def make_buffer(config: Config, capacity: int, add_batch_size: int):
+    """Uniform or prioritized replay of ``capacity`` items, added ``add_batch_size`` at a time."""
+    if config.prioritized:
+        return prioritized.prioritized_replay(
+            capacity, add_batch_size=add_batch_size, priority_exponent=config.priority_exponent
+        )
+    return replay.uniform_replay(capacity, add_batch_size=add_batch_size)
+
+
+def replay_seed_axes(config: Config):
+    """vmap axes over seeds of the replay state ``make_buffer`` builds."""
+    return prioritized.PRIORITIZED_SEED_AXES if config.prioritized else replay.REPLAY_SEED_AXES
+
+
+def choose_layout(config: Config) -> parallel.Layout:
+    """How a run of ``config`` is spread over devices (``parallel.choose_layout``)."""
+    return parallel.choose_layout(
+        config.num_seeds, config.num_devices, config.num_envs, config.batch_size, config.buffer_size
+    )
+
+
+def replay_bytes(config: Config, obs_shape, obs_dtype) -> int:
+    """Device bytes of all seeds' replay buffers (obs, next_obs, action, reward, done)."""
+    obs = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+    return config.num_seeds * config.buffer_size * (2 * obs + 4 + 4 + 1)
+
+
+def device_memory_bytes() -> int | None:
+    """Memory the run's devices can hold: the accelerators' limits, or the host's
+    available RAM for CPU devices (None if unknown)."""
+    if jax.default_backend() != "cpu":
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in jax.local_devices()]
+        return sum(limits) if limits and all(limits) else None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_replay_fits(config: Config, obs_shape, obs_dtype) -> None:
+    """Raises ConfigError when the replay buffers cannot fit in device memory."""
+    need = replay_bytes(config, obs_shape, obs_dtype)
+    have = device_memory_bytes()
+    if have and need > 0.8 * have:
+        raise ConfigError(
+            f"the replay buffers need {need / 2**30:.1f} GiB ({config.num_seeds} seed(s) x "
+            f"--buffer_size={config.buffer_size}) but the devices have "
+            f"{have / 2**30:.1f} GiB; lower --buffer_size or --num_seeds"
+        )
+
+
+def uses_host_actors(config: Config) -> bool:
+    """True when ``config.env_name`` names a host environment (``LIB:ID``)."""
+    return ":" in config.env_name
+
+
+def _option_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def host_env_options(config: Config) -> dict:
+    """``--env_options`` as keyword arguments (numbers and true/false parsed)."""
+    options = {}
+    for item in config.env_options:
+        key, _, value = item.partition("=")
+        options[key.strip()] = _option_value(value.strip())
+    return options
+
+
+def host_devices(config: Config) -> tuple[list, list]:
+    """(actor devices, learner devices) of a host-actor run on this process.
+
+    Raises:
+      ConfigError: more devices asked for than exist, or sizes the learner
+        devices do not divide.
+    """
+    devices = jax.local_devices()
+    n_actor = config.actor_devices or 1
+    if len(devices) == 1 and not config.actor_devices and config.learner_devices <= 1:
+        return devices, devices  # one device: actors and learner share it
+    n_learner = config.learner_devices or max(1, len(devices) - n_actor)
+    if n_actor + n_learner > len(devices):
+        raise ConfigError(
+            f"--actor_devices={n_actor} and --learner_devices={n_learner} need "
+            f"{n_actor + n_learner} devices, but this process has {len(devices)}"
+        )
+    for name in ("batch_size", "buffer_size", "num_envs"):
+        if getattr(config, name) % n_learner:
+            raise ConfigError(
+                f"the learner is split over {n_learner} devices, but --{name}="
+                f"{getattr(config, name)} is not divisible by {n_learner}"
+            )
+    return devices[:n_actor], devices[n_actor : n_actor + n_learner]
+
+
+def _validate_host(config: Config) -> None:
+    from dqnx import host_envs
+
+    host_envs.check_host_env_name(config.env_name)
+    if config.num_seeds != 1:
+        raise ConfigError(
+            f"--num_seeds={config.num_seeds}: host actors train one seed per process (each "
+            "seed's environments need their own CPU cores); run one process per --seed"
+        )
+    if jax.process_count() > 1:
+        raise ConfigError("host actors run in one process; multi-process runs are not supported")
+    actor_devices, _ = host_devices(config)
+    threads = config.actor_threads * len(actor_devices)
+    if config.num_envs % threads:
+        raise ConfigError(
+            f"--num_envs={config.num_envs} must be divisible by the {threads} actor thread(s) "
+            f"(--actor_threads={config.actor_threads} x {len(actor_devices)} actor device(s))"
+        )
+    spec = host_envs.host_env_spec(config.env_name, **host_env_options(config))
+    check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
+
+
+def validate(config: Config) -> Config:
+    """Every check before anything compiles: each field (``Config.validate``),
+    the environment name, the device layout and the replay's memory.
+
+    Raises:
+      ConfigError: one line naming the flag and what is wrong.
+    """
+    config.validate()
+    if uses_host_actors(config):
+        _validate_host(config)
+        return config
+    if config.env_options:
+        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
+    envs.check_env_name(config.env_name)
+    choose_layout(config)
+    spec = make_env(config).spec
+    check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
+    return config

@@ -1,0 +1,91 @@
+"""``CompiledProgram``: the compiled mode as the host loop drives it."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dqnx import builder, parallel
+from dqnx.checkpoint import CheckpointError
+from dqnx.compiled.compile import compile_train
+from dqnx.compiled.train_fns import make_train
+from dqnx.config import Config
+from dqnx.shell.program import ChunkReport, Schedule
+
+
+class CompiledProgram:
+    """Builds and compiles the run ``config`` describes; see ``shell.Program``.
+
+    Resume is exact: the checkpointed ``TrainState`` holds the replay, the
+    environments' states, every key and counter.
+    """
+
+    exact_resume = True
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.fns = make_train(config, layout=builder.choose_layout(config))
+        self.programs = compile_train(self.fns)
+        self.compile_s = self.programs.compile_s
+        self.state = self.programs.initial_state
+        self.env_steps = 0
+        self.schedule = Schedule(
+            prefill_steps=config.prefill_steps,
+            steps_per_iteration=config.steps_per_iteration,
+            train_iterations=config.train_iterations,
+            iterations_per_chunk=config.iterations_per_chunk,
+        )
+        layout = self.programs.layout
+        self.where = f"{layout.seeds}x{layout.data} device(s)"
+        if jax.process_count() > 1:
+            self.where += f" over {jax.process_count()} processes"
+
+    def checkpoint_template(self):
+        return self.state
+
+    def restore(self, state, env_steps: int) -> None:
+        s = self.schedule
+        if env_steps < s.prefill_steps or (env_steps - s.prefill_steps) % s.steps_per_iteration:
+            raise CheckpointError(
+                f"checkpoint step {env_steps} is not an iteration boundary of this config"
+            )
+        self.state, self.env_steps = state, env_steps
+
+    def prefill(self) -> int:
+        self.state, _ = self.programs.prefill(self.state)
+        self.env_steps = int(parallel.to_host(self.state.env_steps))
+        return self.env_steps
+
+    def run_chunk(self, num_iterations: int) -> ChunkReport:
+        self.state, m = self.programs.chunk(self.state, num_iterations)
+        m = parallel.to_host(m)
+        num_updates = max(int(m.num_updates), 1)
+        self.env_steps += num_iterations * self.schedule.steps_per_iteration
+        return ChunkReport(
+            env_steps=self.env_steps,
+            episodes=np.asarray(m.episodes.count),
+            return_sum=np.asarray(m.episodes.return_sum),
+            loss=np.asarray(m.loss_sum) / num_updates,
+            q_mean=np.asarray(m.q_sum) / num_updates,
+            first_nonfinite=np.asarray(m.first_nonfinite),
+            params_finite=np.asarray(m.params_finite),
+            extra={},
+        )
+
+    def evaluate(self) -> np.ndarray:
+        return np.asarray(parallel.to_host(self.programs.evaluate(self.state)))
+
+    def checkpoint_state(self):
+        return self.state
+
+    def checkpoint_meta(self) -> dict:
+        return {"layout": list(self.programs.layout)}
+
+    def online_params(self):
+        return self.state.learner.params
+
+    def epsilon(self, env_steps: int) -> float:
+        return self.fns.schedules.mean_epsilon(env_steps)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,295 @@
+"""The host loop: one loop for every execution mode.
+
+``run(config)`` checks the workdir for a checkpoint to resume, builds the
+``Program`` for the config's mode, then runs chunks: after each it writes a
+metric record, shows progress, evaluates and checkpoints when due, and stops
+cleanly on SIGTERM/SIGINT (checkpoint first) or on a non-finite loss. It ends
+with ``summary.json``. It never looks inside a chunk.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dqnx import builder, parallel
+from dqnx import checkpoint as ckpt_lib
+from dqnx import logging as dlog
+from dqnx.config import Config
+from dqnx.errors import ConfigError
+from dqnx.progress import Progress, print_line
+from dqnx.shell.digest import local_params_digest, params_digests
+from dqnx.shell.program import ChunkReport, Program
+from dqnx.shell.resume import truncate_metrics
+from dqnx.shell.signals import Diverged, Interrupted, SignalFlag
+
+
+def default_workdir(name: str) -> str:
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_program(config: Config) -> Program:
+    """The ``Program`` of the config's execution mode: host actors for a host
+    environment (``LIB:ID``), else the compiled mode."""
+    if builder.uses_host_actors(config):
+        from dqnx.host_actors import HostActorProgram
+
+        return HostActorProgram(config)
+    from dqnx.compiled import CompiledProgram
+
+    return CompiledProgram(config)
+
+
+def check_resume(config: Config, checkpointer: ckpt_lib.Checkpointer) -> int | None:
+    """The env step to resume from (None: a fresh run). Reads only metadata, so a
+    changed config is a one-line error before anything compiles.
+
+    Raises:
+      ConfigError: the checkpoint was written with other result-changing flags.
+    """
+    step = checkpointer.latest_step()
+    if step is None:
+        return None
+    saved = checkpointer.read_meta(step)["config"]
+    drift = config.drift(saved)
+    if drift and not config.allow_config_change:
+        changes = ", ".join(f"--{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in drift)
+        raise ConfigError(
+            f"{config.workdir} holds a run with other settings: {changes}; rerun with the "
+            "original flags, pick a new --workdir, or pass --allow_config_change"
+        )
+    return step
+
+
+def run(
+    config: Config,
+    workdir: str | None = None,
+    *,
+    quiet: bool = False,
+    program_factory: Callable[[Config], Program] | None = None,
+) -> dict:
+    """Trains as ``config`` says and writes the command-line contract's files.
+
+    Writes ``config.json``, ``metrics.jsonl`` (one object per chunk),
+    checkpoints under ``checkpoints/`` and ``summary.json`` to ``workdir``.
+    If ``workdir`` already holds a checkpoint, continues from the newest one
+    (bit for bit when the program's ``exact_resume`` says so).
+
+    Args:
+      config: the run's configuration (validated here).
+      workdir: output directory (default: ``config.workdir`` or a new one).
+      quiet: no console output.
+      program_factory: builds the ``Program`` (default: ``make_program``).
+
+    Raises:
+      ConfigError: bad config, or resuming with result-changing flags changed.
+      checkpoint.CheckpointError: the checkpoint to resume from is unusable.
+      Interrupted: SIGTERM/SIGINT; a checkpoint was written first.
+      Diverged: NaN/inf in a loss or the parameters (nothing saved past the
+        last good checkpoint).
+      RunFailed: an environment or actor thread raised.
+
+    Returns the summary dict.
+    """
+    config = builder.validate(config)
+    workdir = Path(workdir or config.workdir or default_workdir(config.env_name))
+    config = config.replace(workdir=str(workdir))
+    t_start = time.perf_counter()
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        resume_step = check_resume(config, checkpointer)
+        dlog.require_outputs(tensorboard=config.tensorboard, wandb_project=config.wandb_project)
+        program = (program_factory or make_program)(config)
+    except BaseException:
+        checkpointer.close()
+        raise
+    try:
+        loop = _Loop(config, workdir, program, checkpointer, quiet, t_start)
+        return loop.run(resume_step)
+    finally:
+        program.close()
+        checkpointer.close()
+
+
+class _Loop:
+    """One run's host-side state between chunks."""
+
+    def __init__(self, config, workdir: Path, program: Program, checkpointer, quiet, t_start):
+        self.config, self.workdir, self.program = config, workdir, program
+        self.checkpointer, self.t_start = checkpointer, t_start
+        self.is_main = parallel.is_main_process()
+        self.say = (lambda _: None) if (quiet or not self.is_main) else print_line
+        self.quiet = quiet
+        self.train_s = self.eval_s = 0.0
+        self.checkpoint_s: list[float] = []
+        self.last_eval = None
+        self.last_saved: int | None = None
+        self.steps_this_process = 0
+
+    def save(self, env_steps: int) -> None:
+        t0 = time.perf_counter()
+        meta = {"config": self.config.to_dict(), **self.program.checkpoint_meta()}
+        self.checkpointer.save(env_steps, self.program.checkpoint_state(), meta)
+        self.checkpoint_s.append(time.perf_counter() - t0)
+        self.last_saved = env_steps
+
+    def start(self, resume_step: int | None):
+        """Restores or starts fresh; opens the metric writers."""
+        config, workdir = self.config, self.workdir
+        if resume_step is not None:
+            state, _ = self.checkpointer.restore(self.program.checkpoint_template(), resume_step)
+            self.program.restore(state, resume_step)
+            self.last_saved = resume_step
+        if self.is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            dlog.write_json(workdir / "config.json", config.to_dict())
+            if resume_step is None:
+                dlog.remove_outputs(workdir)
+            else:
+                truncate_metrics(workdir, resume_step)
+        self.writer = dlog.MetricWriters(
+            workdir,
+            tensorboard=config.tensorboard,
+            wandb_project=config.wandb_project,
+            config=config.to_dict(),
+            resume_step=resume_step,
+            is_main_process=self.is_main,
+        )
+        resumed = "" if resume_step is None else f", resumed at env step {resume_step:,d}"
+        self.say(
+            f"dqnx: {config.env_name}, {config.num_seeds} seed(s), {config.total_steps:,d} env "
+            f"steps per seed on {self.program.where} -> {workdir} (compiled in "
+            f"{self.program.compile_s:.1f}s{resumed})"
+        )
+
+    def run(self, resume_step: int | None) -> dict:
+        self.start(resume_step)
+        config, program = self.config, self.program
+        schedule = program.schedule
+        with SignalFlag() as signals:
+            self.progress = Progress(
+                config.total_steps,
+                initial=resume_step or 0,
+                enabled=self.is_main and not self.quiet,
+            )
+            try:
+                env_steps = resume_step
+                if resume_step is None:
+                    t0 = time.perf_counter()
+                    env_steps = program.prefill()
+                    self.train_s += time.perf_counter() - t0
+                    self.steps_this_process += env_steps
+                done = (env_steps - schedule.prefill_steps) // schedule.steps_per_iteration
+                remaining = schedule.train_iterations - done
+                while remaining > 0:
+                    self.stop_if_signalled(signals, env_steps)
+                    n = min(schedule.iterations_per_chunk, remaining)
+                    remaining -= n
+                    env_steps = self.chunk(n, env_steps, last=remaining == 0)
+                if self.last_eval is None:  # resumed at the very end: evaluate again
+                    self.last_eval = program.evaluate().mean(axis=1)
+            finally:
+                self.progress.close()
+                self.writer.close()
+        return self.summarize(env_steps, resume_step)
+
+    def stop_if_signalled(self, signals: SignalFlag, env_steps: int) -> None:
+        if parallel.any_process(signals.received is not None):
+            signum = signals.received or signal.SIGTERM
+            if self.last_saved != env_steps:
+                self.save(env_steps)
+            self.progress.write(
+                f"dqnx: {signal.Signals(signum).name} at env step {env_steps:,d}: checkpoint "
+                f"saved in {self.workdir / 'checkpoints'}, exiting"
+            )
+            raise Interrupted(signum, env_steps)
+
+    def chunk(self, n: int, prev_steps: int, last: bool) -> int:
+        """Runs ``n`` iterations, then logs, evaluates and checkpoints as due."""
+        config, seeds = self.config, self.config.num_seeds
+        t0 = time.perf_counter()
+        report = self.program.run_chunk(n)
+        dt = time.perf_counter() - t0
+        self.train_s += dt
+        env_steps = report.env_steps
+        self.steps_this_process += env_steps - prev_steps
+        record = self.record(report, (env_steps - prev_steps) * seeds / dt)
+        self.check_finite(report, record)
+        every = config.eval_every
+        if last or (every and prev_steps // every < env_steps // every):
+            t_eval = time.perf_counter()
+            self.last_eval = self.program.evaluate().mean(axis=1)
+            self.eval_s += time.perf_counter() - t_eval
+            record["eval_return"] = self.last_eval
+        every = config.checkpoint_every
+        if last or (every and prev_steps // every < env_steps // every):
+            self.save(env_steps)
+        record["wall_s"] = time.perf_counter() - self.t_start
+        self.writer.write(record)
+        sps_avg = self.steps_this_process * seeds / max(self.train_s, 1e-9)
+        self.progress.update(record, eta_s=(config.total_steps - env_steps) * seeds / sps_avg)
+        return env_steps
+
+    def record(self, report: ChunkReport, sps: float) -> dict:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            train_return = np.where(
+                report.episodes > 0, report.return_sum / report.episodes, np.nan
+            )
+        return {
+            "env_steps": report.env_steps,
+            "sps": sps,
+            "train_return": train_return,
+            "episodes": report.episodes,
+            "loss": report.loss,
+            "q_mean": report.q_mean,
+            "epsilon": self.program.epsilon(report.env_steps),
+            **report.extra,
+        }
+
+    def check_finite(self, report: ChunkReport, record: dict) -> None:
+        """Raises Diverged (after writing the record) on a non-finite loss or parameter."""
+        bad = (report.first_nonfinite >= 0) | ~report.params_finite
+        if not bad.any():
+            return
+        record["wall_s"] = time.perf_counter() - self.t_start
+        self.writer.write(record)
+        firsts = report.first_nonfinite[bad]
+        step = int(firsts[firsts >= 0].min()) if (firsts >= 0).any() else report.env_steps
+        last = "none" if self.last_saved is None else f"env step {self.last_saved:,d}"
+        raise Diverged(
+            f"non-finite loss or parameters at env step {step:,d} in seed(s) "
+            f"{np.flatnonzero(bad).tolist()}; stopped, last good checkpoint: {last} "
+            f"({self.workdir / 'checkpoints'}); try a lower --learning_rate or --max_grad_norm"
+        )
+
+    def summarize(self, env_steps: int, resume_step: int | None) -> dict:
+        config, seeds = self.config, self.config.num_seeds
+        params = self.program.online_params()
+        summary = {
+            "env": config.env_name,
+            "num_seeds": seeds,
+            "env_steps_per_seed": env_steps,
+            "wall_s": time.perf_counter() - self.t_start,
+            "compile_s": self.program.compile_s,
+            "train_s": self.train_s,
+            "eval_s": self.eval_s,
+            "checkpoint_s": float(np.mean(self.checkpoint_s)) if self.checkpoint_s else None,
+            "sps": self.steps_this_process * seeds / max(self.train_s, 1e-9),
+            "resumed_from": resume_step,
+            "eval_return_per_seed": self.last_eval,
+            "eval_return_mean": float(np.mean(self.last_eval)),
+            "params_digest": params_digests(params),
+            "local_params_digest": local_params_digest(params),
+        }
+        if self.is_main:
+            dlog.write_json(self.workdir / "summary.json", summary)
+        self.say(
+            f"done: eval return {summary['eval_return_mean']:.2f} (mean of {seeds} seed(s)), "
+            f"{summary['sps'] / 1e3:.1f}k env steps/s, wall {summary['wall_s']:.1f}s, "
+            f"compile {self.program.compile_s:.1f}s"
+        )
+        return summary
