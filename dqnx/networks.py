@@ -1,7 +1,9 @@
-"""Q-networks (flax.linen): MLP, MinAtar CNN, optional dueling head.
+"""Q-networks (flax.linen): MLP, MinAtar CNN, Atari CNNs (Nature, IMPALA), optional dueling head.
 
 Every network maps one batch of observations ``[B, *obs_shape]`` (any dtype;
-cast to float32 here) to Q-values ``[B, num_actions]``.
+cast to float32 here) to Q-values ``[B, num_actions]``. The Atari networks read
+ALE's channel-first stacks of pixel intensities ``[B, C, H, W]`` (uint8 in
+replay) and scale them to ``[0, 1]`` themselves.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from dqnx.config import Config
 
 
 @jax.custom_vjp
@@ -179,10 +179,122 @@ class MinAtarCNN(nn.Module):
         return QHead(self.num_actions, self.dueling)(h)
 
 
-def make_q_network(config: Config, obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
-    """The network named by ``config.network`` ("auto": CNN for [H, W, C] inputs)."""
-    kind = config.network
+def pixels_nhwc(obs: jax.Array) -> jax.Array:
+    """Channel-first pixel intensities ``[B, C, H, W]`` in [0, 255], of any dtype,
+    as float32 ``[B, H, W, C]`` in [0, 1] (``obs / 255``, transposed)."""
+    return jnp.transpose(obs.astype(jnp.float32) / 255.0, (0, 2, 3, 1))
+
+
+class NatureCNN(nn.Module):
+    """The DQN network of Mnih et al. (2015, Nature 518:529) over ALE's stacks.
+
+    Input ``[B, C, H, W]`` pixel intensities in [0, 255] (uint8 or float; C = 4
+    stacked 84x84 frames), divided by 255 here: a uint8 stack and the same
+    values as float32 give the same Q-values. Torso: conv 32 8x8 stride 4, conv
+    64 4x4 stride 2, conv 64 3x3 stride 1 (VALID, ReLU; 84x84 -> 20 -> 9 -> 7),
+    then ``hidden_sizes`` dense ReLU layers (512 in the paper) and ``QHead``.
+    Layers use flax's default initializers.
+    """
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (512,)
+    dueling: bool = False
+
+    @nn.compact
+    def __call__(self, obs):
+        h = pixels_nhwc(obs)  # [B, 84, 84, 4]
+        h = nn.relu(nn.Conv(32, (8, 8), strides=(4, 4), padding="VALID")(h))  # [B, 20, 20, 32]
+        h = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding="VALID")(h))  # [B, 9, 9, 64]
+        h = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(h))  # [B, 7, 7, 64]
+        h = h.reshape(h.shape[0], -1)  # [B, 3136]
+        for size in self.hidden_sizes:
+            h = nn.relu(Dense(size)(h))
+        return QHead(self.num_actions, self.dueling)(h)
+
+
+class ImpalaResidualBlock(nn.Module):
+    """``x + conv(relu(conv(relu(x))))`` with 3x3 SAME convolutions of ``channels``."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(self.channels, (3, 3), padding="SAME")(nn.relu(x))
+        h = nn.Conv(self.channels, (3, 3), padding="SAME")(nn.relu(h))
+        return x + h
+
+
+class ImpalaCNN(nn.Module):
+    """The deep residual network of IMPALA (Espeholt et al., 2018,
+    arXiv:1802.01561) over ALE's stacks, without its LSTM.
+
+    Input as ``NatureCNN``'s (pixel intensities, divided by 255 here). One
+    section per entry of ``channels`` (16, 32, 32): conv 3x3 SAME, max-pool 3x3
+    stride 2 SAME, two ``ImpalaResidualBlock``; 15 convolutions in all (84x84 ->
+    42 -> 21 -> 11). Then ReLU, ``hidden_sizes`` dense ReLU layers (256 in the
+    paper) and ``QHead``. Layers use flax's default initializers.
+    """
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (256,)
+    dueling: bool = False
+    channels: Sequence[int] = (16, 32, 32)
+
+    @nn.compact
+    def __call__(self, obs):
+        h = pixels_nhwc(obs)  # [B, 84, 84, 4]
+        for channels in self.channels:
+            h = nn.Conv(channels, (3, 3), padding="SAME")(h)
+            h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")  # [B, ceil(H/2), ..]
+            h = ImpalaResidualBlock(channels)(h)
+            h = ImpalaResidualBlock(channels)(h)
+        h = nn.relu(h).reshape(h.shape[0], -1)  # [B, 11 * 11 * 32]
+        for size in self.hidden_sizes:
+            h = nn.relu(Dense(size)(h))
+        return QHead(self.num_actions, self.dueling)(h)
+
+
+NETWORKS = ("auto", "mlp", "minatar_cnn", "nature_cnn", "impala_cnn")
+
+
+def is_channel_first_image(obs_shape: tuple[int, ...]) -> bool:
+    """``[C, H, W]`` with fewer channels than either side and sides of at least
+    36 (the smallest input the Nature CNN takes), e.g. ALE's ``[4, 84, 84]``;
+    MinAtar's ``[10, 10, C]`` is not."""
+    return len(obs_shape) == 3 and obs_shape[0] < min(obs_shape[1:]) and min(obs_shape[1:]) >= 36
+
+
+def make_q_network(
+    kind: str,
+    obs_shape: tuple[int, ...],
+    num_actions: int,
+    hidden_sizes: Sequence[int] = (128, 128),
+    dueling: bool = False,
+) -> nn.Module:
+    """The Q-network ``kind`` names.
+
+    "auto" picks the Nature CNN for channel-first image stacks such as ALE's
+    ``[4, 84, 84]`` (``is_channel_first_image``: pixel intensities, uint8 in
+    replay), else the MinAtar CNN for other 3-D ``[H, W, C]`` inputs, else an MLP.
+
+    Args:
+      kind: one of ``NETWORKS``.
+      obs_shape: one observation's shape.
+      num_actions: size of the Q head.
+      hidden_sizes: the MLP's hidden layers (the MinAtar CNN's dense layers).
+        The Atari networks keep their published dense layer (512 for
+        "nature_cnn", 256 for "impala_cnn").
+      dueling: dueling value/advantage head.
+    """
     if kind == "auto":
-        kind = "minatar_cnn" if len(obs_shape) == 3 else "mlp"
+        if is_channel_first_image(tuple(obs_shape)):
+            kind = "nature_cnn"
+        else:
+            kind = "minatar_cnn" if len(obs_shape) == 3 else "mlp"
+    if kind in ("nature_cnn", "impala_cnn"):
+        cls = NatureCNN if kind == "nature_cnn" else ImpalaCNN
+        return cls(num_actions, dueling=dueling)
+    if kind not in ("mlp", "minatar_cnn"):
+        raise ValueError(f"unknown network {kind!r}; one of {NETWORKS}")
     cls = {"mlp": MLP, "minatar_cnn": MinAtarCNN}[kind]
-    return cls(num_actions, tuple(config.hidden_sizes), config.dueling)
+    return cls(num_actions, tuple(hidden_sizes), dueling)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from dqnx import networks
-from dqnx.config import Config
 
 
 def assert_close(actual, desired, rtol=1e-5):
@@ -122,9 +122,7 @@ class ReferenceMinAtarCNN(nn.Module):
 @pytest.mark.parametrize("dueling", [False, True])
 def test_minatar_cnn_matches_nn_conv_version(dueling):
     obs_shape, num_actions = (10, 10, 4), 3
-    net = networks.make_q_network(
-        Config(network="auto", hidden_sizes=(128,), dueling=dueling), obs_shape, num_actions
-    )
+    net = networks.make_q_network("auto", obs_shape, num_actions, (128,), dueling)
     assert isinstance(net, networks.MinAtarCNN)
     ref = ReferenceMinAtarCNN(num_actions, (128,), dueling)
     obs = jnp.asarray(np.random.default_rng(5).random((8, *obs_shape)) < 0.3)
@@ -177,3 +175,150 @@ def test_networks_use_dense_and_keep_parameter_names():
     params = mlp.init(jax.random.key(0), jnp.zeros((2, 5)))["params"]
     assert set(params) == {"Dense_0", "Dense_1", "QHead_0"}
     assert set(params["QHead_0"]) == {"value", "advantage"}
+
+
+# Atari networks: ALE's channel-first uint8 stacks [B, 4, 84, 84].
+ATARI_OBS = (4, 84, 84)
+
+
+def conv_reference(x, p, stride, padding):
+    """A 2-D convolution NHWC x HWIO with bias, straight from lax."""
+    y = lax.conv_general_dilated(
+        x, p["kernel"], (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return y + p["bias"]
+
+
+def dense_reference(x, p):
+    return x @ p["kernel"] + p["bias"]
+
+
+def nature_reference(params, h):
+    """The Nature CNN written out with lax, on float NHWC inputs taken as they are."""
+    for i, stride in enumerate((4, 2, 1)):
+        h = jax.nn.relu(conv_reference(h, params[f"Conv_{i}"], stride, "VALID"))
+    h = jax.nn.relu(dense_reference(h.reshape(h.shape[0], -1), params["Dense_0"]))
+    return dense_reference(h, params["QHead_0"]["q"])
+
+
+def impala_reference(params, h):
+    """The IMPALA CNN written out with lax (sections of conv, max-pool, 2
+    residual blocks), on float NHWC inputs taken as they are."""
+    for s in range(3):
+        h = conv_reference(h, params[f"Conv_{s}"], 1, "SAME")
+        h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+        for b in range(2):
+            p = params[f"ImpalaResidualBlock_{2 * s + b}"]
+            r = conv_reference(jax.nn.relu(h), p["Conv_0"], 1, "SAME")
+            h = h + conv_reference(jax.nn.relu(r), p["Conv_1"], 1, "SAME")
+    h = jax.nn.relu(h).reshape(h.shape[0], -1)
+    h = jax.nn.relu(dense_reference(h, params["Dense_0"]))
+    return dense_reference(h, params["QHead_0"]["q"])
+
+
+def count(params):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def numpy_params(net, obs, seed=0):
+    """Parameters of ``net``'s shapes drawn with NumPy, scaled by fan-in (much
+    cheaper than compiling ``net.init``), and their shapes."""
+    shapes = jax.eval_shape(net.init, jax.random.key(0), obs)
+    rng = np.random.default_rng(seed)
+
+    def draw(x):
+        fan_in = int(np.prod(x.shape[:-1])) if len(x.shape) > 1 else 1
+        return jnp.asarray(rng.normal(0.0, 1.0 / np.sqrt(fan_in), x.shape), jnp.float32)
+
+    return jax.tree.map(draw, shapes), shapes
+
+
+def atari_obs(batch, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, *ATARI_OBS)), jnp.uint8)
+
+
+@pytest.mark.parametrize(
+    "kind,reference,expected_params",
+    [
+        (
+            "nature_cnn",
+            nature_reference,
+            (8 * 8 * 4 * 32 + 32)  # conv 32 8x8/4: 84 -> 20
+            + (4 * 4 * 32 * 64 + 64)  # conv 64 4x4/2: 20 -> 9
+            + (3 * 3 * 64 * 64 + 64)  # conv 64 3x3/1: 9 -> 7
+            + (7 * 7 * 64 * 512 + 512)  # dense 512
+            + (512 * 6 + 6),  # Q head, 6 actions: 1,687,206 in all
+        ),
+        (
+            "impala_cnn",
+            impala_reference,
+            (3 * 3 * 4 * 16 + 16)
+            + 4 * (3 * 3 * 16 * 16 + 16)  # section 16: 84 -> 42
+            + (3 * 3 * 16 * 32 + 32)
+            + 4 * (3 * 3 * 32 * 32 + 32)  # section 32: 42 -> 21
+            + (3 * 3 * 32 * 32 + 32)
+            + 4 * (3 * 3 * 32 * 32 + 32)  # section 32: 21 -> 11
+            + (11 * 11 * 32 * 256 + 256)  # dense 256
+            + (256 * 6 + 6),  # Q head: 1,090,774 in all
+        ),
+    ],
+)
+def test_atari_networks_match_published_architecture(kind, reference, expected_params):
+    """Parameter count of the published network. Q-values [B, A] float32 equal
+    a lax version of it on ``obs / 255`` in NHWC: the network transposes ALE's
+    channel-first stack and scales it. Pixel intensities are scaled whatever
+    their dtype: the uint8 stack and the same values as float32 give the same
+    Q-values; floats already in [0, 1] would be scaled again."""
+    net = networks.make_q_network(kind, ATARI_OBS, 6)
+    obs = atari_obs(3)
+    params, shapes = numpy_params(net, obs)
+    assert count(shapes) == expected_params
+
+    @jax.jit
+    def outputs(params, obs):
+        as_float = obs.astype(jnp.float32)
+        scaled_nhwc = jnp.transpose(as_float / 255.0, (0, 2, 3, 1))
+        return (
+            net.apply(params, obs),
+            net.apply(params, as_float),
+            net.apply(params, as_float / 255.0),
+            reference(params["params"], scaled_nhwc),
+        )
+
+    q, q_float, q_prescaled, q_reference = outputs(params, obs)
+    assert q.shape == (3, 6) and q.dtype == jnp.float32
+    assert_close(q, q_reference, rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(q_float), np.asarray(q))
+    assert not np.allclose(q_prescaled, q, rtol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [networks.NatureCNN, networks.ImpalaCNN])
+def test_atari_networks_dueling(cls):
+    """Dueling head: parameters value [D, 1] and advantage [D, A]; mean_a Q = V."""
+    net = cls(5, dueling=True)
+    obs = atari_obs(2, seed=1)
+    params, _ = numpy_params(net, obs, seed=1)
+    head = params["params"]["QHead_0"]
+    width = net.hidden_sizes[-1]
+    assert head["value"]["kernel"].shape == (width, 1)
+    assert head["advantage"]["kernel"].shape == (width, 5)
+    q, state = jax.jit(lambda p, x: net.apply(p, x, capture_intermediates=True))(params, obs)
+    assert q.shape == (2, 5) and q.dtype == jnp.float32
+    value = state["intermediates"]["QHead_0"]["value"]["__call__"][0]  # [B, 1]
+    assert_close(q.mean(axis=-1), value[:, 0], rtol=1e-5)
+    assert float(jnp.std(q - value)) > 0  # the advantages differ between actions
+
+
+def test_make_q_network_auto_picks_nature_cnn_for_channel_first_images():
+    assert isinstance(networks.make_q_network("auto", (4, 84, 84), 6), networks.NatureCNN)
+    assert isinstance(networks.make_q_network("auto", (4, 64, 64), 6), networks.NatureCNN)
+    # Unchanged: MinAtar's [10, 10, C], small channel-first images, vectors.
+    for shape in [(10, 10, 4), (10, 10, 7), (4, 10, 10), (84, 84, 4)]:
+        assert isinstance(networks.make_q_network("auto", shape, 3), networks.MinAtarCNN), shape
+    assert isinstance(networks.make_q_network("auto", (4,), 2), networks.MLP)
+    net = networks.make_q_network("impala_cnn", (4, 84, 84), 6, hidden_sizes=(64, 64), dueling=True)
+    assert isinstance(net, networks.ImpalaCNN) and net.dueling
+    assert tuple(net.hidden_sizes) == (256,)  # the published dense layer
+    assert {"nature_cnn", "impala_cnn"} <= set(networks.NETWORKS)
+    with pytest.raises(ValueError, match="unknown network"):
+        networks.make_q_network("resnet", (4, 84, 84), 6)
