@@ -1,0 +1,217 @@
+"""Output heads (flax.linen) mapping a torso's features ``[B, D]`` to the values a loss reads.
+
+- ``DistributionalHead``: logits ``[B, A, K]`` for ``distributional.categorical_*`` (C51);
+- ``QuantileHead``: quantile values ``[B, N, A]`` for ``distributional.quantile_q_learning``;
+- ``IQNHead``: quantile values ``[B, N, A]`` at given fractions for ``distributional.iqn_loss``;
+- ``NoisyQHead``: Q-values ``[B, A]`` for ``losses.q_learning`` / ``double_q_learning``.
+
+The heads share their options (``NoisyQHead`` is always noisy): ``dueling``
+(separate value and advantage streams, Wang et al., 2016, arXiv:1511.06581, combined
+as ``V + A - mean_a A`` per atom or quantile), ``hidden_sizes`` (ReLU layers inside
+each stream, before its output layer) and ``noisy`` (every layer of the streams a
+``NoisyDense``, Fortunato et al., 2018, arXiv:1706.10295, with initial scale
+``sigma0``). Noisy heads need ``rngs={"noise": key}`` in ``apply``, or
+``deterministic=True`` in the call for the means only. Layers are flax's ``nn.Dense``
+(``NoisyDense`` when noisy), named ``"q"``, or ``"value"`` and ``"advantage"`` when
+dueling, with ``"{stream}_hidden_{i}"`` before them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dqnx.noisy import NoisyDense
+
+
+def _linear(h, features, *, name, noisy, sigma0, deterministic):
+    if noisy:
+        return NoisyDense(features, sigma0, name=name)(h, deterministic=deterministic)
+    return nn.Dense(features, name=name)(h)
+
+
+def _action_values(
+    h: jax.Array,
+    num_actions: int,
+    event_shape: tuple[int, ...],
+    *,
+    dueling: bool,
+    hidden_sizes: Sequence[int],
+    noisy: bool,
+    sigma0: float,
+    deterministic: bool | None,
+) -> jax.Array:
+    """Features ``[..., D]`` -> ``[..., A, *event_shape]``, linear or dueling."""
+    size = math.prod(event_shape)
+    lead = h.shape[:-1]
+    layer = dict(noisy=noisy, sigma0=sigma0, deterministic=deterministic)
+
+    def stream(features, name):
+        x = h
+        for i, width in enumerate(hidden_sizes):
+            x = nn.relu(_linear(x, width, name=f"{name}_hidden_{i}", **layer))
+        return _linear(x, features, name=name, **layer)
+
+    if not dueling:
+        return stream(num_actions * size, "q").reshape(*lead, num_actions, *event_shape)
+    value = stream(size, "value").reshape(*lead, 1, *event_shape)
+    advantage = stream(num_actions * size, "advantage").reshape(*lead, num_actions, *event_shape)
+    return value + advantage - advantage.mean(axis=len(lead), keepdims=True)
+
+
+class NoisyQHead(nn.Module):
+    """Q-values ``[B, A]`` from noisy layers (NoisyNet-DQN, Fortunato et al., 2018).
+
+    Attributes:
+      num_actions: ``A``.
+      dueling: value and advantage streams, ``Q = V + A - mean_a A``.
+      hidden_sizes: ReLU layers in each stream before its output layer.
+      sigma0: initial noise scale of every ``NoisyDense``.
+    """
+
+    num_actions: int
+    dueling: bool = False
+    hidden_sizes: Sequence[int] = ()
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        """``h [B, D]`` -> Q-values ``[B, A]``; ``deterministic=True``: the means only."""
+        return _action_values(
+            h,
+            self.num_actions,
+            (),
+            dueling=self.dueling,
+            hidden_sizes=self.hidden_sizes,
+            noisy=True,
+            sigma0=self.sigma0,
+            deterministic=deterministic,
+        )
+
+
+class DistributionalHead(nn.Module):
+    """Logits of categorical return distributions, C51 (Bellemare et al., 2017, arXiv:1707.06887).
+
+    With ``dueling``, as in Rainbow (Hessel et al., 2018, arXiv:1710.02298): value logits
+    ``[B, 1, K]`` plus advantage logits ``[B, A, K]`` minus their mean over actions, then a
+    softmax over atoms (in the loss or ``categorical_q_values``).
+
+    Attributes:
+      num_actions: ``A``.
+      num_atoms: ``K``, the size of the fixed support.
+      dueling: value and advantage streams.
+      noisy: ``NoisyDense`` layers.
+      hidden_sizes: ReLU layers in each stream before its output layer.
+      sigma0: initial noise scale when ``noisy``.
+    """
+
+    num_actions: int
+    num_atoms: int
+    dueling: bool = False
+    noisy: bool = False
+    hidden_sizes: Sequence[int] = ()
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        """``h [B, D]`` -> logits ``[B, A, K]``."""
+        return _action_values(
+            h,
+            self.num_actions,
+            (self.num_atoms,),
+            dueling=self.dueling,
+            hidden_sizes=self.hidden_sizes,
+            noisy=self.noisy,
+            sigma0=self.sigma0,
+            deterministic=deterministic,
+        )
+
+
+class QuantileHead(nn.Module):
+    """Quantile values at ``N`` fixed fractions, QR-DQN (Dabney et al., 2018a, arXiv:1710.10044).
+
+    The fractions are ``distributional.quantile_midpoints(N)``; the head only outputs
+    ``N`` values per action. Dueling combines value and advantage per quantile.
+
+    Attributes:
+      num_actions: ``A``.
+      num_quantiles: ``N``.
+      dueling: value and advantage streams.
+      noisy: ``NoisyDense`` layers.
+      hidden_sizes: ReLU layers in each stream before its output layer.
+      sigma0: initial noise scale when ``noisy``.
+    """
+
+    num_actions: int
+    num_quantiles: int
+    dueling: bool = False
+    noisy: bool = False
+    hidden_sizes: Sequence[int] = ()
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        """``h [B, D]`` -> quantile values ``[B, N, A]``."""
+        values = _action_values(
+            h,
+            self.num_actions,
+            (self.num_quantiles,),
+            dueling=self.dueling,
+            hidden_sizes=self.hidden_sizes,
+            noisy=self.noisy,
+            sigma0=self.sigma0,
+            deterministic=deterministic,
+        )  # [B, A, N]
+        return jnp.swapaxes(values, -1, -2)
+
+
+class IQNHead(nn.Module):
+    """Quantile values at given fractions, IQN (Dabney et al., 2018b, arXiv:1806.06923).
+
+    Each fraction ``tau`` is embedded as ``phi(tau) = relu(Dense_D(cos(pi * i * tau)))``,
+    ``i = 0 .. embedding_dim - 1`` (the paper's eq. 4), multiplied elementwise into the
+    features ``psi [B, D]``, and the product goes through the streams:
+    ``Z_tau = f(psi * phi(tau))``. In the paper's Atari network the product enters the
+    512-unit layer: there, the torso ends at the convolutions and ``hidden_sizes=(512,)``.
+    The embedding layer (``"tau_embedding"``) is a plain ``nn.Dense`` even when ``noisy``.
+
+    Attributes:
+      num_actions: ``A``.
+      embedding_dim: number of cosine features ``n``.
+      dueling: value and advantage streams.
+      noisy: ``NoisyDense`` layers in the streams.
+      hidden_sizes: ReLU layers in each stream after the product, before its output layer.
+      sigma0: initial noise scale when ``noisy``.
+    """
+
+    num_actions: int
+    embedding_dim: int = 64
+    dueling: bool = False
+    noisy: bool = False
+    hidden_sizes: Sequence[int] = ()
+    sigma0: float = 0.5
+
+    @nn.compact
+    def __call__(
+        self, h: jax.Array, taus: jax.Array, deterministic: bool | None = None
+    ) -> jax.Array:
+        """``h [B, D]`` and fractions ``taus [B, N]`` in [0, 1] -> quantile values ``[B, N, A]``."""
+        if h.ndim != 2 or taus.ndim != 2 or taus.shape[0] != h.shape[0]:
+            raise ValueError(f"expects h [B, D] and taus [B, N]; got {h.shape} and {taus.shape}")
+        i = jnp.arange(self.embedding_dim, dtype=h.dtype)  # [n]
+        cosines = jnp.cos(jnp.pi * i * taus[..., None].astype(h.dtype))  # [B, N, n]
+        phi = nn.relu(nn.Dense(h.shape[-1], name="tau_embedding")(cosines))  # [B, N, D]
+        return _action_values(
+            h[:, None, :] * phi,
+            self.num_actions,
+            (),
+            dueling=self.dueling,
+            hidden_sizes=self.hidden_sizes,
+            noisy=self.noisy,
+            sigma0=self.sigma0,
+            deterministic=deterministic,
+        )  # [B, N, A]
