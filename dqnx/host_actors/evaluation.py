@@ -1,0 +1,48 @@
+"""Greedy evaluation on separate host environments."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def evaluate_greedy(env, network, params, epsilon: float = 0.0, *, seed: int = 0,
+                    max_steps: int | None = None) -> np.ndarray:  # fmt: skip
+    """Plays until each of ``env``'s ``N`` environments has ended one episode.
+
+    Args:
+      env: a ``HostEnv`` of ``N`` environments (used from a fresh reset).
+      network: the Q-network; ``params`` its parameters (on the device to run on).
+      epsilon: exploration rate (0: greedy).
+      seed: seeds the reset and the exploration draws.
+      max_steps: stop after this many steps (default: the env's time limit + 1,
+        or 1,000,000); unfinished episodes report their return so far.
+
+    Returns:
+      float64 ``[N]``: each environment's first episode's (unclipped) return.
+    """
+    greedy = jax.jit(lambda p, o: jnp.argmax(network.apply(p, o), axis=-1))
+    device = next(iter(jax.tree.leaves(params)[0].devices()))
+    rng = np.random.default_rng([seed, 2])
+    n = env.num_envs
+    limit = max_steps or ((env.spec.max_episode_steps or 999_999) + 1)
+    obs = env.reset(seed=seed)
+    returns = np.zeros(n)
+    finished = np.zeros(n, bool)
+    running = np.zeros(n)
+    for _ in range(limit):
+        actions = np.asarray(greedy(params, jax.device_put(obs, device)), np.int32)
+        if epsilon > 0:
+            explore = rng.random(n) < epsilon
+            actions = np.where(explore, rng.integers(0, env.spec.num_actions, n), actions)
+        step = env.step(actions.astype(np.int32))
+        running += np.where(step.valid, step.reward, 0.0)
+        ended = step.done & ~finished
+        returns[ended] = step.episode_return[ended]
+        finished |= step.done
+        obs = step.obs
+        if finished.all():
+            break
+    returns[~finished] = running[~finished]
+    return returns

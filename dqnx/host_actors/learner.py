@@ -1,0 +1,136 @@
+"""The host-actor mode's device side: replay and learner on the learner devices.
+
+``ingest(state, items, beta)`` is one jitted, donated program: add a batch of
+transitions to replay, then the ``updates`` learner updates it pays for. The
+learner is data-parallel over its devices exactly as in the compiled mode: each
+device holds its own replay shard, adds its slice of every batch, samples
+``batch_size / D`` and averages gradients with ``pmean``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dqnx import parallel, prioritized, replay
+from dqnx.learn_step import make_learn_step
+from dqnx.types import LearnerState
+
+
+class HostLearnerState(NamedTuple):
+    """What the learner carries (and a checkpoint holds) in the host-actor mode."""
+
+    env_steps: jax.Array  # int32 []: transitions stored so far
+    learner: LearnerState
+    replay: Any  # replay state; data (and priorities) split over the learner devices
+    key: jax.Array  # sampling key
+
+
+class IngestMetrics(NamedTuple):
+    loss_sum: jax.Array  # float32 [] over this ingest's updates
+    q_sum: jax.Array
+    params_finite: jax.Array  # bool []
+
+
+def state_specs(is_prioritized: bool) -> HostLearnerState:
+    data, shared = P(parallel.DATA), P()
+    if is_prioritized:
+        replay_specs = prioritized.PrioritizedState(
+            data=data, pos=shared, size=shared, tree=data, max_priority=shared
+        )
+    else:
+        replay_specs = replay.ReplayState(data=data, pos=shared, size=shared)
+    return HostLearnerState(env_steps=shared, learner=shared, replay=replay_specs, key=shared)
+
+
+class LearnerPrograms(NamedTuple):
+    """Jitted on the learner mesh: ``init() -> state``, ``add(state, items) ->
+    state`` (prefill), ``ingest(state, items, beta) -> (state, IngestMetrics)``;
+    ``items_sharding`` places a batch's leaves on the mesh."""
+
+    init: Any
+    add: Any
+    ingest: Any
+    items_sharding: Any
+
+
+def make_learner_programs(
+    *,
+    network,
+    learner,
+    buffer,
+    example_item,
+    example_obs,
+    batch_size: int,
+    updates: int,
+    is_prioritized: bool,
+    seed: int,
+    mesh,
+) -> LearnerPrograms:
+    """Builds and jits the learner's programs on ``mesh`` (1-D over ``parallel.DATA``).
+
+    Args:
+      network, learner, buffer: the blocks (``buffer`` sized per learner device).
+      example_item: one replay item (unbatched), for shapes and dtypes.
+      example_obs: ``[1, *obs_shape]`` to initialise the network.
+      batch_size: transitions per update, all devices together.
+      updates: learner updates per ingested batch.
+      is_prioritized: the buffer is prioritized.
+      seed: the run's seed (network init and sampling keys).
+      mesh: the learner devices.
+    """
+    devices = mesh.devices.size
+    axis = parallel.DATA if devices > 1 else None
+    specs = state_specs(is_prioritized)
+    learn = make_learn_step(
+        learner, buffer, batch_size // devices, prioritized=is_prioritized, axis_name=axis
+    )
+
+    def init():
+        k_net, k_train = jax.random.split(jax.random.fold_in(jax.random.key(seed), 7))
+        return HostLearnerState(
+            jnp.int32(0), learner.init(k_net, example_obs), buffer.init(example_item), k_train
+        )
+
+    def add(state: HostLearnerState, items):
+        n = jax.tree.leaves(items)[0].shape[0] * devices
+        return state._replace(env_steps=state.env_steps + n, replay=buffer.add(state.replay, items))
+
+    def ingest(state: HostLearnerState, items, beta):
+        state = add(state, items)
+
+        def update(carry, _):
+            learner_state, replay_state, key = carry
+            learner_state, replay_state, key, metrics = learn(
+                learner_state, replay_state, key, beta
+            )
+            return (learner_state, replay_state, key), metrics
+
+        (learner_state, replay_state, key), metrics = jax.lax.scan(
+            update, (state.learner, state.replay, state.key), None, length=updates
+        )
+        finite = jnp.all(
+            jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learner_state.params)])
+        )
+        out = IngestMetrics(metrics["loss"].sum(), metrics["q_mean"].sum(), finite)
+        return HostLearnerState(state.env_steps, learner_state, replay_state, key), out
+
+    shardings = functools.partial(parallel.shardings, mesh)
+    item_spec = jax.tree.map(lambda _: P(parallel.DATA), example_item)
+    metric_specs = IngestMetrics(P(), P(), P())
+    init_jit = jax.jit(
+        parallel.spmd(init, mesh, (), specs), out_shardings=shardings(specs)
+    )  # fmt: skip
+    add_jit = jax.jit(
+        parallel.spmd(add, mesh, (specs, item_spec), specs), donate_argnums=(0,)
+    )  # fmt: skip
+    ingest_jit = jax.jit(
+        parallel.spmd(ingest, mesh, (specs, item_spec, P()), (specs, metric_specs)),
+        donate_argnums=(0,),
+    )
+    return LearnerPrograms(init_jit, add_jit, ingest_jit, NamedSharding(mesh, P(parallel.DATA)))

@@ -1,0 +1,293 @@
+"""``HostActorProgram``: the host-actor ("Sebulba") mode as the host loop drives it.
+
+Actor threads step host environments and stream fixed-size transition batches
+through a bounded queue; the learner (this thread) takes ``actor threads``
+batches per iteration (``num_envs x rollout_steps`` transitions, as one
+iteration of the compiled mode), ingests them with one jitted program and
+publishes its parameters every ``actor_sync_period`` updates. The replay ratio
+is held by construction: every iteration adds the same number of transitions
+and makes the same ``updates_per_iteration`` updates; the learner waits on an
+empty queue when it is ahead, and the actors wait on a full one when it is
+behind.
+
+Resume is not exact: the learner, replay, keys and counters are restored, the
+host environments start new episodes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnx import builder, host_envs, parallel
+from dqnx.config import Config
+from dqnx.host_actors.actor import ActorThread, ParameterServer
+from dqnx.host_actors.evaluation import evaluate_greedy
+from dqnx.host_actors.learner import make_learner_programs
+from dqnx.nstep import NStepTransition
+from dqnx.shell.program import ChunkReport, Schedule
+from dqnx.shell.signals import RunFailed
+from dqnx.types import Transition
+
+
+class HostActorProgram:
+    """Builds the actors and the learner ``config`` describes; see ``shell.Program``."""
+
+    exact_resume = False
+
+    def __init__(self, config: Config, make_env=None):
+        t0 = time.perf_counter()
+        self.config = config
+        options = builder.host_env_options(config)
+        self._make_env = make_env or (
+            lambda n, seed, **kw: host_envs.make_host_env(config.env_name, n, seed, **options, **kw)
+        )
+        probe = self._make_env(1, config.seed)
+        spec = self.spec = probe.spec
+        probe.close()
+        self.network = builder.make_network(config, spec.obs_shape, spec.num_actions)
+        actor_devices, learner_devices = builder.host_devices(config)
+        self.actor_devices = actor_devices
+        num_threads = config.actor_threads * len(actor_devices)
+        self.envs_per_thread = config.num_envs // num_threads
+        self.iteration_items = config.num_envs * config.rollout_steps
+        d = len(learner_devices)
+        layout = parallel.Layout(1, d)
+        self.mesh = parallel.make_mesh(layout, learner_devices)
+        learner = builder.make_learner(config, self.network, axis_name=layout.data_axis)
+        buffer = builder.make_buffer(config, config.buffer_size // d, self.iteration_items // d)
+        self.schedules = builder.make_schedules(config)
+        obs0 = jnp.zeros(spec.obs_shape, spec.obs_dtype)
+        r0, f0 = jnp.float32(0), jnp.bool_(False)
+        if config.n_step > 1:
+            item = NStepTransition(obs0, jnp.int32(0), r0, obs0, f0, jnp.float32(0))
+        else:
+            item = Transition(obs0, jnp.int32(0), r0, obs0, f0)
+        self.programs = make_learner_programs(
+            network=self.network,
+            learner=learner,
+            buffer=buffer,
+            example_item=item,
+            example_obs=obs0[None],
+            batch_size=config.batch_size,
+            updates=config.updates_per_iteration,
+            is_prioritized=config.prioritized,
+            seed=config.seed,
+            mesh=self.mesh,
+        )
+        self.state = self.programs.init()
+        # Compile before training starts, on the shapes a batch will have.
+        self._compile(item)
+        prefill_iterations = -(-config.learning_starts // self.iteration_items)
+        self.schedule = Schedule(
+            prefill_steps=prefill_iterations * self.iteration_items,
+            steps_per_iteration=self.iteration_items,
+            train_iterations=-(
+                -max(0, config.total_steps - prefill_iterations * self.iteration_items)
+                // self.iteration_items
+            ),
+            iterations_per_chunk=max(1, config.log_every // self.iteration_items),
+        )
+        self.where = (
+            f"{num_threads} actor thread(s) x {self.envs_per_thread} envs on "
+            f"{len(actor_devices)} device(s), learner on {d} device(s)"
+        )
+        self.env_steps = 0
+        self.num_updates = 0
+        self.server = ParameterServer(actor_devices)
+        self.queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self.stop = threading.Event()
+        self.threads: list[ActorThread] = []
+        self.compile_s = time.perf_counter() - t0
+
+    def _compile(self, item) -> None:
+        items = jax.tree.map(
+            lambda x: jnp.zeros((self.iteration_items, *x.shape), x.dtype), item
+        )  # fmt: skip
+        items = jax.device_put(items, self.programs.items_sharding)
+        self._ingest = self.programs.ingest.lower(self.state, items, np.float32(0)).compile()
+        self._add = self.programs.add.lower(self.state, items).compile()
+
+    # ---- actors ---------------------------------------------------------------
+    def _epsilon_for(self, index: int):
+        n = self.envs_per_thread
+        cache = {}
+
+        def epsilon(env_steps: int):
+            if env_steps not in cache:
+                cache.clear()
+                eps = np.asarray(self.schedules.epsilon(env_steps), np.float32)
+                cache[env_steps] = eps if eps.ndim == 0 else eps[index * n : (index + 1) * n]
+            return cache[env_steps]
+
+        return epsilon
+
+    def _start_actors(self) -> None:
+        config = self.config
+        for i in range(config.actor_threads * len(self.actor_devices)):
+            seed = config.seed * 1_000_003 + i  # each thread its own environments
+            thread = ActorThread(
+                i,
+                lambda seed=seed: self._make_env(self.envs_per_thread, seed),
+                self.network,
+                self.server,
+                self.actor_devices[i // config.actor_threads],
+                self.queue,
+                self._epsilon_for(i),
+                lambda: self.env_steps,
+                rollout_steps=config.rollout_steps,
+                n_step=config.n_step,
+                gamma=config.gamma,
+                seed=config.seed,
+                stop=self.stop,
+                clip_rewards=config.clip_rewards,
+            )
+            self.threads.append(thread)
+        for thread in self.threads:
+            thread.start()
+
+    def _check_actors(self) -> None:
+        for thread in self.threads:
+            if thread.error is not None:
+                e = thread.error
+                raise RunFailed(f"{thread.name} failed: {type(e).__name__}: {e}")
+            if not thread.is_alive() and not self.stop.is_set():
+                raise RunFailed(f"{thread.name} stopped unexpectedly")
+
+    def _next_items(self, stats: dict):
+        """Takes one batch from each of ``threads`` queue slots (any actor) and joins them."""
+        batches = []
+        t0 = time.perf_counter()
+        while len(batches) < len(self.threads):
+            stats["queue_sum"] += self.queue.qsize()
+            stats["queue_reads"] += 1
+            try:
+                batches.append(self.queue.get(timeout=0.5))
+            except queue.Empty:
+                self._check_actors()
+        stats["wait_s"] += time.perf_counter() - t0
+        for b in batches:
+            stats["episodes"] += b.episodes
+            stats["return_sum"] += b.return_sum
+            if b.version >= 0:
+                staleness = self.num_updates - b.version
+                stats["staleness_sum"] += staleness
+                stats["staleness_max"] = max(stats["staleness_max"], staleness)
+                stats["staleness_n"] += 1
+        items = jax.tree.map(lambda *x: np.concatenate(x), *(b.items for b in batches))
+        return jax.device_put(items, self.programs.items_sharding)
+
+    def _publish(self) -> None:
+        self.server.publish(self.state.learner.params, self.num_updates)
+
+    # ---- the Program interface ----------------------------------------------
+    def checkpoint_template(self):
+        return self.state
+
+    def restore(self, state, env_steps: int) -> None:
+        self.state, self.env_steps = state, env_steps
+        self.num_updates = int(jax.device_get(state.learner.num_updates))
+        self._start_actors()
+        self._publish()
+
+    def prefill(self) -> int:
+        self._start_actors()
+        stats = _new_stats()
+        for _ in range(self.schedule.prefill_steps // self.iteration_items):
+            self.state = self._add(self.state, self._next_items(stats))
+            self.env_steps += self.iteration_items
+        self._publish()
+        return self.env_steps
+
+    def run_chunk(self, num_iterations: int) -> ChunkReport:
+        stats = _new_stats()
+        metrics, first_bad = [], -1
+        sync = self.config.actor_sync_period
+        updates = self.config.updates_per_iteration
+        steps_before = sum(t.steps_taken for t in self.threads)
+        t0 = time.perf_counter()
+        for _ in range(num_iterations):
+            items = self._next_items(stats)
+            beta = self.schedules.beta(self.env_steps + self.iteration_items)
+            self.state, m = self._ingest(self.state, items, beta)
+            self.env_steps += self.iteration_items
+            metrics.append((self.env_steps, m))
+            before, self.num_updates = self.num_updates, self.num_updates + updates
+            if self.num_updates // sync > before // sync:
+                self._publish()
+        dt = time.perf_counter() - t0
+        host = jax.device_get([m for _, m in metrics])
+        losses = np.array([m.loss_sum for m in host], np.float64)
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            first_bad = metrics[int(np.argmax(bad))][0]
+        n_updates = max(len(host) * updates, 1)
+        acted = sum(t.steps_taken for t in self.threads) - steps_before
+        extra = {
+            "staleness_mean": stats["staleness_sum"] / max(stats["staleness_n"], 1),
+            "staleness_max": stats["staleness_max"],
+            "queue_mean": stats["queue_sum"] / max(stats["queue_reads"], 1),
+            "learner_wait_frac": stats["wait_s"] / max(dt, 1e-9),
+            "actor_sps": acted / max(dt, 1e-9),
+            "replay_ratio": (
+                self.num_updates * self.config.batch_size
+                / max(self.env_steps - self.schedule.prefill_steps, 1)
+            ),
+        }  # fmt: skip
+        return ChunkReport(
+            env_steps=self.env_steps,
+            episodes=np.array([stats["episodes"]]),
+            return_sum=np.array([stats["return_sum"]]),
+            loss=np.array([np.nansum(losses) / n_updates]),
+            q_mean=np.array([sum(float(m.q_sum) for m in host) / n_updates]),
+            first_nonfinite=np.array([first_bad]),
+            params_finite=np.array([bool(host[-1].params_finite) if host else True]),
+            extra=extra,
+        )
+
+    def evaluate(self) -> np.ndarray:
+        config = self.config
+        env = self._make_env(config.eval_episodes, config.seed + 10_000_019, evaluation=True)
+        try:
+            params = jax.device_put(
+                jax.tree.map(jnp.copy, self.state.learner.params), self.actor_devices[0]
+            )
+            returns = evaluate_greedy(
+                env, self.network, params, config.eval_epsilon, seed=config.seed + self.env_steps
+            )
+        finally:
+            env.close()
+        return returns[None]  # [1, eval_episodes]
+
+    def checkpoint_state(self):
+        return self.state
+
+    def checkpoint_meta(self) -> dict:
+        return {"mode": "host_actors", "learner_devices": int(self.mesh.devices.size)}
+
+    def online_params(self):
+        return jax.tree.map(lambda x: x[None], self.state.learner.params)
+
+    def epsilon(self, env_steps: int) -> float:
+        return self.schedules.mean_epsilon(env_steps)
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:  # unblock actors waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        for thread in self.threads:
+            thread.join(timeout=5.0)
+
+
+def _new_stats() -> dict:
+    keys = ("episodes", "return_sum", "queue_sum", "queue_reads", "wait_s")
+    keys += ("staleness_sum", "staleness_max", "staleness_n")
+    return dict.fromkeys(keys, 0)

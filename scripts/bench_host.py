@@ -1,0 +1,212 @@
+"""The host-actor pipeline next to its parts and a synchronous loop, in one run.
+
+  python scripts/bench_host.py --flagfile=experiments/configs/breakout_minatar_host.flags \
+      [--seconds=20] [--out=bench_host.json]
+
+For the config (``--env_name`` a host environment), on this machine's device
+split (actor device(s) and learner device(s) as the run would use them):
+
+* **actors alone, random**: the actor threads act uniformly at random; this
+  thread only drains the queue. Env steps/s = transitions drained per second.
+* **actors alone, greedy**: the same with published parameters (epsilon-greedy
+  at the config's final epsilon: the Q-network runs every step).
+* **learner alone**: the jitted ingest (add a batch + ``updates_per_iteration``
+  updates) on pre-made device batches, no actors running. Env steps/s = the
+  transitions per second it consumes at the config's replay ratio.
+* **pipeline**: prefill, then ``HostActorProgram.run_chunk`` as training runs
+  it; env steps/s, the time the learner waited on the queue, queue occupancy
+  and parameter staleness.
+* **synchronous loop**: one thread steps all ``num_envs`` environments, acts
+  greedily, adds the transitions and makes the updates they pay for, in turn
+  (as CleanRL's ``dqn_jax.py`` does), n-step 1.
+
+It prints the pipeline's share of min(actors greedy, learner) (the rate if
+acting and learning overlapped perfectly) and of the synchronous loop, and the
+bound (a + l) / max(a, l) on the speed-up of overlapping over taking turns, from
+the parts' seconds per env step a and l.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from dqnx import parallel
+
+parallel.use_all_cpu_cores()
+
+import benchlib  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from dqnx import builder  # noqa: E402
+from dqnx import flags as dqnx_flags  # noqa: E402
+from dqnx.host_actors import HostActorProgram  # noqa: E402
+from dqnx.types import Transition  # noqa: E402
+
+flags.DEFINE_float("seconds", 20.0, "Seconds each part is timed (after its warm-up).")
+flags.DEFINE_string("out", "", "Optional JSON output path.")
+
+
+def drain(program: HostActorProgram, seconds: float) -> float:
+    """Env steps/s the actors deliver while this thread only empties the queue."""
+    stats = {k: 0 for k in ("queue_sum", "queue_reads", "wait_s", "episodes", "return_sum")}
+    stats.update(staleness_sum=0, staleness_max=0, staleness_n=0)
+    deadline = time.perf_counter() + 1.0  # warm-up
+    while time.perf_counter() < deadline:
+        program._next_items(stats)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        program._next_items(stats)
+        count += program.iteration_items
+    return count / (time.perf_counter() - t0)
+
+
+def actors_alone(config, seconds: float) -> dict:
+    program = HostActorProgram(config)
+    try:
+        program._start_actors()
+        random_sps = drain(program, seconds)
+        program._publish()
+        greedy_sps = drain(program, seconds)
+    finally:
+        program.close()
+    return {"actors_random_sps": random_sps, "actors_greedy_sps": greedy_sps}
+
+
+def learner_alone(config, seconds: float) -> dict:
+    program = HostActorProgram(config)
+    try:
+        program._start_actors()
+        stats = {k: 0 for k in ("queue_sum", "queue_reads", "wait_s", "episodes", "return_sum")}
+        stats.update(staleness_sum=0, staleness_max=0, staleness_n=0)
+        batches = [program._next_items(stats) for _ in range(8)]
+    finally:
+        program.close()
+    state = program.state
+    for b in batches:  # fill replay past one batch
+        state = program._add(state, b)
+    beta = np.float32(config.importance_exponent)
+    state, m = program._ingest(state, batches[0], beta)
+    jax.block_until_ready(m)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for b in batches:
+            state, m = program._ingest(state, b, beta)
+        jax.block_until_ready(m)
+        count += len(batches)
+    dt = time.perf_counter() - t0
+    return {
+        "learner_ingests_per_s": count / dt,
+        "learner_updates_per_s": count * config.updates_per_iteration / dt,
+        "learner_sps": count * program.iteration_items / dt,
+    }
+
+
+def pipeline(config, seconds: float) -> dict:
+    program = HostActorProgram(config)
+    try:
+        program.prefill()
+        program.run_chunk(max(1, program.schedule.iterations_per_chunk // 4))  # warm-up
+        n = max(1, program.schedule.iterations_per_chunk // 4)
+        steps, waits, reports, t0 = 0, 0.0, [], time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            t1 = time.perf_counter()
+            report = program.run_chunk(n)
+            reports.append(report.extra)
+            waits += report.extra["learner_wait_frac"] * (time.perf_counter() - t1)
+            steps += n * program.iteration_items
+        dt = time.perf_counter() - t0
+    finally:
+        program.close()
+    mean = lambda k: float(np.mean([r[k] for r in reports]))  # noqa: E731
+    return {
+        "pipeline_sps": steps / dt,
+        "learner_wait_frac": waits / dt,
+        "queue_mean": mean("queue_mean"),
+        "staleness_mean": mean("staleness_mean"),
+        "staleness_max": max(r["staleness_max"] for r in reports),
+    }
+
+
+def synchronous(config, seconds: float) -> dict:
+    """One thread: act greedily, step, add, update, in turn (n-step 1)."""
+    program = HostActorProgram(config.replace(n_step=1, actor_threads=1, num_envs=config.num_envs))
+    env = program._make_env(config.num_envs, config.seed)
+    greedy = jax.jit(lambda p, o: jnp.argmax(program.network.apply(p, o), axis=-1))
+    params = program.state.learner.params
+    device = next(iter(jax.tree.leaves(params)[0].devices()))  # acting where learning
+    obs = env.reset(seed=config.seed)
+    state, beta = program.state, np.float32(config.importance_exponent)
+    rng = np.random.default_rng(0)
+    steps_per_add = program.iteration_items // config.num_envs
+    count, t0, warm = 0, time.perf_counter(), 20
+    try:
+        while time.perf_counter() - t0 < seconds or warm > 0:
+            chunks = []
+            for _ in range(steps_per_add):
+                actions = np.asarray(greedy(params, jax.device_put(obs, device)), np.int32)
+                explore = rng.random(config.num_envs) < config.epsilon_end
+                actions = np.where(explore, rng.integers(0, env.spec.num_actions), actions)
+                step = env.step(actions.astype(np.int32))
+                chunks.append(Transition(obs, actions, step.reward, step.next_obs, step.terminated))
+                obs = step.obs
+            items = jax.tree.map(lambda *x: np.concatenate(x), *chunks)
+            state, m = program._ingest(
+                state, jax.device_put(items, program.programs.items_sharding), beta
+            )
+            params = state.learner.params
+            if warm > 0:
+                warm -= 1
+                if warm == 0:
+                    jax.block_until_ready(m)
+                    count, t0 = 0, time.perf_counter()
+                continue
+            count += program.iteration_items
+        jax.block_until_ready(m)
+    finally:
+        env.close()
+    return {"synchronous_sps": count / (time.perf_counter() - t0)}
+
+
+def main(argv):
+    dqnx_flags.define_flags()
+    flags.FLAGS(argv)
+    config = builder.validate(dqnx_flags.config_from_flags())
+    if not builder.uses_host_actors(config):
+        sys.exit(f"error: --env_name={config.env_name} is not a host environment (LIB:ID)")
+    seconds = flags.FLAGS.seconds
+    info = benchlib.machine_info()
+    print(
+        f"# {config.env_name} on {info['backend']}: {info['cpu']} ({info['cores']} cores, "
+        f"{len(info['devices'])} device(s)), jax {info['jax']}, load average "
+        f"{info['load_avg_1m']:.1f} at start; {config.num_envs} envs, {config.actor_threads} "
+        f"actor thread(s) per actor device, replay ratio {config.replay_ratio:g}"
+    )
+    result = {"config": config.to_dict(), "machine": info}
+    for part in (actors_alone, learner_alone, pipeline, synchronous):
+        out = part(config, seconds)
+        result.update(out)
+        print("  ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in out.items()), flush=True)  # fmt: skip
+    actors, learner = result["actors_greedy_sps"], result["learner_sps"]
+    a, b = 1 / actors, 1 / learner  # seconds per env step of each part alone
+    result["overlap_limit_sps"] = min(actors, learner)
+    result["pipeline_share_of_limit"] = result["pipeline_sps"] / min(actors, learner)
+    result["pipeline_over_synchronous"] = result["pipeline_sps"] / result["synchronous_sps"]
+    result["overlap_bound"] = (a + b) / max(a, b)
+    print(
+        f"pipeline {result['pipeline_sps']:,.0f} env steps/s = "
+        f"{100 * result['pipeline_share_of_limit']:.0f}% of min(actors {actors:,.0f}, "
+        f"learner {learner:,.0f}); {result['pipeline_over_synchronous']:.2f}x the synchronous "
+        f"loop ({result['synchronous_sps']:,.0f}); overlap bound (a + l) / max(a, l) = "
+        f"{result['overlap_bound']:.2f}"
+    )
+    benchlib.write_json(flags.FLAGS.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv)
