@@ -256,3 +256,69 @@ def test_data_parallel_learner_over_two_devices(tmp_path):
     assert "learner on 2 device(s)" in r.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["local_params_digest"] != "copies-differ"  # pmean kept them equal
+
+
+def test_frame_actor_blocks_rebuild_the_environment_stacks():
+    """Frame mode on real ALE: the actor's FrameStep blocks, added to a frame
+    replay, give back every observation the environment showed (a second env
+    with the same seed replays the recorded actions)."""
+    pytest.importorskip("ale_py")
+    from dqnx import frame_replay
+
+    options = dict(max_num_frames_per_episode=120, protocol="machado")
+    make = lambda: host_envs.make_host_env("ale:pong", 2, 5, **options)  # noqa: E731
+    server = ParameterServer(jax.local_devices()[:1])
+    out: queue.Queue = queue.Queue(maxsize=64)
+    stop = threading.Event()
+    actor = ActorThread(
+        0, make, MLP(6, (4,)), server, jax.local_devices()[0], out, lambda _: 1.0, lambda: 0,
+        rollout_steps=5, n_step=1, gamma=GAMMA, seed=0, stop=stop, frames=True,
+    )  # fmt: skip
+    actor.start()
+    blocks = [out.get(timeout=60).items for _ in range(14)]  # 70 steps: 2 episodes each
+    stop.set()
+    actor.join(timeout=10)
+    steps = jax.tree.map(lambda *x: np.concatenate(x), *blocks)  # [70, 2, ...]
+    buffer = frame_replay.frame_replay(1, 2, 80, n_step=1, gamma=GAMMA, block_size=5)
+    state = buffer.init(jax.tree.map(lambda x: x[0], steps))
+    add = jax.jit(buffer.add)
+    for b in blocks:
+        state = add(state, 0, b)
+    # The reference: the same env, seed and actions.
+    env = make()
+    obs = [env.reset(seed=None)]
+    nxt = []
+    for t in range(70):
+        step = env.step(steps.action[t].astype(np.int32))
+        nxt.append(step.next_obs)
+        obs.append(step.obs)
+    env.close()
+    assert steps.truncated.any()  # episode ends are in the test
+    slots = np.arange(70 * 2)
+    batch, valid = jax.jit(buffer.lookup)(state, slots)
+    valid = np.asarray(valid)
+    assert valid[: 69 * 2].all()  # all but the newest row (its next obs is not written yet)
+    for slot in np.flatnonzero(valid):
+        t, e = divmod(int(slot), 2)
+        np.testing.assert_array_equal(np.asarray(batch.obs[slot]), obs[t][e])
+        np.testing.assert_array_equal(np.asarray(batch.next_obs[slot]), nxt[t][e])
+
+
+def test_atari_frame_replay_run(tmp_path):
+    """ale:pong through the whole pipeline: frame blocks -> frame replay -> learner."""
+    pytest.importorskip("ale_py")
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), "--env_name=ale:pong",
+         "--frame_replay", "--clip_rewards", "--network=mlp", "--hidden_sizes=16",
+         "--num_envs=2", "--actor_threads=1", "--rollout_steps=4", "--buffer_size=4000",
+         "--batch_size=8", "--learning_starts=64", "--total_steps=256", "--log_every=64",
+         "--eval_every=0", "--eval_episodes=1", "--notensorboard", "--n_step=3",
+         "--env_options=max_num_frames_per_episode=400", f"--workdir={tmp_path}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["env_steps_per_seed"] == 256
+    assert -21 <= summary["eval_return_per_seed"][0] <= 21
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"][0]) for r in records)

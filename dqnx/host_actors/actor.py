@@ -94,6 +94,10 @@ class ActorThread(threading.Thread):
       seed: seeds the environments and the exploration draws.
       stop: set to end the thread.
       clip_rewards: store rewards clipped to [-1, 1] (returns stay unclipped).
+      frames: send ``frame_replay.FrameStep`` blocks ``[rollout_steps, N]`` (each
+        step's newest frame once; the replay builds stacks and n-step returns)
+        instead of transitions. Needs stacked-frame observations ``[N, S, H, W]``
+        and a same-step environment.
     """
 
     def __init__(
@@ -113,12 +117,13 @@ class ActorThread(threading.Thread):
         seed: int,
         stop: threading.Event,
         clip_rewards: bool = False,
+        frames: bool = False,
     ):
         super().__init__(name=f"dqnx-actor-{index}", daemon=True)
         self.index, self.server, self.device, self.out = index, server, device, out
         self.epsilon, self.env_steps, self.stop = epsilon, env_steps, stop
         self.rollout_steps, self.n_step, self.gamma = rollout_steps, n_step, gamma
-        self.seed, self.clip_rewards = seed, clip_rewards
+        self.seed, self.clip_rewards, self.frames = seed, clip_rewards, frames
         self.env = make_env()
         self.num_envs = self.env.num_envs
         self.num_actions = self.env.spec.num_actions
@@ -146,6 +151,9 @@ class ActorThread(threading.Thread):
         return np.where(explore, random, greedy), version
 
     def _loop(self) -> None:
+        if self.frames:
+            self._frame_loop()
+            return
         rng = np.random.default_rng([self.seed, self.index, 1])
         obs = self.env.reset(seed=None)
         held = None  # NStepState of the last n-1 steps
@@ -191,6 +199,36 @@ class ActorThread(threading.Thread):
                 pending, pending_count = [rest], pending_count - batch_size
                 self._put(ActorBatch(batch, version, episodes, return_sum, length_sum, self.index))
                 episodes, return_sum, length_sum = 0, 0.0, 0
+
+    def _frame_loop(self) -> None:
+        """Frame mode: one ``FrameStep`` block of ``rollout_steps`` steps per batch."""
+        from dqnx.frame_replay import FrameStep
+
+        rng = np.random.default_rng([self.seed, self.index, 1])
+        obs = self.env.reset(seed=None)
+        first = np.ones(self.num_envs, bool)  # the obs is a reset one
+        action_dtype = np.uint8 if self.num_actions <= 256 else np.int32
+        while not self.stop.is_set():
+            block, episodes, return_sum, length_sum = [], 0, 0.0, 0
+            for _ in range(self.rollout_steps):
+                actions, version = self._actions(obs, rng)
+                step = self.env.step(actions)
+                if not step.valid.all():
+                    raise ValueError("frame replay needs a same-step autoreset environment")
+                reward = np.clip(step.reward, -1, 1) if self.clip_rewards else step.reward
+                block.append(
+                    FrameStep(
+                        obs[:, -1], actions.astype(action_dtype), reward.astype(np.float32),
+                        step.terminated, step.truncated, first, step.next_obs[:, -1],
+                    )
+                )  # fmt: skip
+                episodes += int(step.done.sum())
+                return_sum += float(step.episode_return[step.done].sum())
+                length_sum += int(step.episode_length[step.done].sum())
+                first, obs = step.done, step.obs
+            self.steps_taken += self.rollout_steps * self.num_envs
+            items = jax.tree.map(lambda *x: np.stack(x), *block)  # [K, N, ...]
+            self._put(ActorBatch(items, version, episodes, return_sum, length_sum, self.index))
 
     def _transitions(self, steps, valid, held_valid, held):
         """Transitions of ``steps`` [T, N] and which of them to keep ([T, N] bool)."""

@@ -37,9 +37,15 @@ class IngestMetrics(NamedTuple):
     params_finite: jax.Array  # bool []
 
 
-def state_specs(is_prioritized: bool) -> HostLearnerState:
+def state_specs(is_prioritized: bool, frames: bool = False) -> HostLearnerState:
+    """How the learner state lies on the learner mesh (replay split over DATA; a
+    frame replay stays on one device)."""
     data, shared = P(parallel.DATA), P()
-    if is_prioritized:
+    if frames:
+        from dqnx.frame_replay import FrameReplayState
+
+        replay_specs = FrameReplayState(*[shared] * len(FrameReplayState._fields))
+    elif is_prioritized:
         replay_specs = prioritized.PrioritizedState(
             data=data, pos=shared, size=shared, tree=data, max_priority=shared
         )
@@ -59,13 +65,38 @@ class LearnerPrograms(NamedTuple):
     items_sharding: Any
 
 
+def add_transitions(buffer):
+    """``add(replay_state, items[B]) -> replay_state`` for a transition buffer."""
+    return buffer.add
+
+
+def add_frame_blocks(buffer):
+    """``add(replay_state, (groups[M], blocks[M, K, N])) -> replay_state`` for a
+    ``frame_replay`` buffer: each actor's block goes to its own stream group, in
+    the order received."""
+
+    def add_blocks(replay_state, items):
+        groups, blocks = items
+
+        def one(state, x):
+            group, block = x
+            return buffer.add(state, group, block), None
+
+        return jax.lax.scan(one, replay_state, (groups, blocks))[0]
+
+    return add_blocks
+
+
 def make_learner_programs(
     *,
     network,
     learner,
     buffer,
-    example_item,
+    add_items,
+    example_init,
+    example_items,
     example_obs,
+    steps_per_add: int,
     batch_size: int,
     updates: int,
     is_prioritized: bool,
@@ -76,17 +107,22 @@ def make_learner_programs(
 
     Args:
       network, learner, buffer: the blocks (``buffer`` sized per learner device).
-      example_item: one replay item (unbatched), for shapes and dtypes.
+      add_items: ``(replay_state, items) -> replay_state`` (``add_transitions``
+        or ``add_frame_blocks``).
+      example_init: what ``buffer.init`` takes (one item, unbatched).
+      example_items: one iteration's items (all devices), for shapes and dtypes.
       example_obs: ``[1, *obs_shape]`` to initialise the network.
+      steps_per_add: env steps one iteration's items hold.
       batch_size: transitions per update, all devices together.
       updates: learner updates per ingested batch.
       is_prioritized: the buffer is prioritized.
       seed: the run's seed (network init and sampling keys).
       mesh: the learner devices.
     """
+    del network  # the learner closes over it
     devices = mesh.devices.size
     axis = parallel.DATA if devices > 1 else None
-    specs = state_specs(is_prioritized)
+    specs = state_specs(is_prioritized, frames=add_items.__name__ == "add_blocks")
     learn = make_learn_step(
         learner, buffer, batch_size // devices, prioritized=is_prioritized, axis_name=axis
     )
@@ -94,12 +130,13 @@ def make_learner_programs(
     def init():
         k_net, k_train = jax.random.split(jax.random.fold_in(jax.random.key(seed), 7))
         return HostLearnerState(
-            jnp.int32(0), learner.init(k_net, example_obs), buffer.init(example_item), k_train
+            jnp.int32(0), learner.init(k_net, example_obs), buffer.init(example_init), k_train
         )
 
     def add(state: HostLearnerState, items):
-        n = jax.tree.leaves(items)[0].shape[0] * devices
-        return state._replace(env_steps=state.env_steps + n, replay=buffer.add(state.replay, items))
+        return state._replace(
+            env_steps=state.env_steps + steps_per_add, replay=add_items(state.replay, items)
+        )
 
     def ingest(state: HostLearnerState, items, beta):
         state = add(state, items)
@@ -111,8 +148,10 @@ def make_learner_programs(
             )
             return (learner_state, replay_state, key), metrics
 
+        # Unrolled: XLA:CPU runs a convolution inside a loop far slower than
+        # outside one, and `updates` is small.
         (learner_state, replay_state, key), metrics = jax.lax.scan(
-            update, (state.learner, state.replay, state.key), None, length=updates
+            update, (state.learner, state.replay, state.key), None, length=updates, unroll=True
         )
         finite = jnp.all(
             jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(learner_state.params)])
@@ -121,7 +160,7 @@ def make_learner_programs(
         return HostLearnerState(state.env_steps, learner_state, replay_state, key), out
 
     shardings = functools.partial(parallel.shardings, mesh)
-    item_spec = jax.tree.map(lambda _: P(parallel.DATA), example_item)
+    item_spec = jax.tree.map(lambda _: P(parallel.DATA), example_items)
     metric_specs = IngestMetrics(P(), P(), P())
     init_jit = jax.jit(
         parallel.spmd(init, mesh, (), specs), out_shardings=shardings(specs)

@@ -26,9 +26,10 @@ import numpy as np
 
 from dqnx import builder, host_envs, parallel
 from dqnx.config import Config
+from dqnx.frame_replay import FrameStep
 from dqnx.host_actors.actor import ActorThread, ParameterServer
 from dqnx.host_actors.evaluation import evaluate_greedy
-from dqnx.host_actors.learner import make_learner_programs
+from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
 from dqnx.nstep import NStepTransition
 from dqnx.shell.program import ChunkReport, Schedule
 from dqnx.shell.signals import RunFailed
@@ -60,20 +61,24 @@ class HostActorProgram:
         layout = parallel.Layout(1, d)
         self.mesh = parallel.make_mesh(layout, learner_devices)
         learner = builder.make_learner(config, self.network, axis_name=layout.data_axis)
-        buffer = builder.make_buffer(config, config.buffer_size // d, self.iteration_items // d)
         self.schedules = builder.make_schedules(config)
-        obs0 = jnp.zeros(spec.obs_shape, spec.obs_dtype)
-        r0, f0 = jnp.float32(0), jnp.bool_(False)
-        if config.n_step > 1:
-            item = NStepTransition(obs0, jnp.int32(0), r0, obs0, f0, jnp.float32(0))
+        self.frames = config.frame_replay
+        obs0 = np.zeros(spec.obs_shape, spec.obs_dtype)
+        if self.frames:
+            buffer = builder.make_frame_buffer(config, num_threads, self.envs_per_thread)
+            init, items, add_items = self._frame_examples(obs0, num_threads)
         else:
-            item = Transition(obs0, jnp.int32(0), r0, obs0, f0)
+            buffer = builder.make_buffer(config, config.buffer_size // d, self.iteration_items // d)
+            init, items, add_items = self._transition_examples(obs0)
         self.programs = make_learner_programs(
             network=self.network,
             learner=learner,
             buffer=buffer,
-            example_item=item,
-            example_obs=obs0[None],
+            add_items=add_items(buffer),
+            example_init=init,
+            example_items=items,
+            example_obs=jnp.asarray(obs0[None]),
+            steps_per_add=self.iteration_items,
             batch_size=config.batch_size,
             updates=config.updates_per_iteration,
             is_prioritized=config.prioritized,
@@ -82,7 +87,7 @@ class HostActorProgram:
         )
         self.state = self.programs.init()
         # Compile before training starts, on the shapes a batch will have.
-        self._compile(item)
+        self._compile(items)
         prefill_iterations = -(-config.learning_starts // self.iteration_items)
         self.schedule = Schedule(
             prefill_steps=prefill_iterations * self.iteration_items,
@@ -105,10 +110,34 @@ class HostActorProgram:
         self.threads: list[ActorThread] = []
         self.compile_s = time.perf_counter() - t0
 
-    def _compile(self, item) -> None:
-        items = jax.tree.map(
-            lambda x: jnp.zeros((self.iteration_items, *x.shape), x.dtype), item
-        )  # fmt: skip
+    def _transition_examples(self, obs0):
+        """(one replay item, one iteration's items, the add) of a transition buffer."""
+        r0, f0 = np.float32(0), np.bool_(False)
+        if self.config.n_step > 1:
+            item = NStepTransition(obs0, np.int32(0), r0, obs0, f0, np.float32(0))
+        else:
+            item = Transition(obs0, np.int32(0), r0, obs0, f0)
+        items = jax.tree.map(lambda x: np.zeros((self.iteration_items, *x.shape), x.dtype), item)
+        return item, items, add_transitions
+
+    def _frame_examples(self, obs0, num_threads: int):
+        """The same for a frame buffer: items are (groups[M], FrameStep[M, K, N])."""
+        n, frame = self.envs_per_thread, obs0[-1]
+        action = np.uint8(0) if self.spec.num_actions <= 256 else np.int32(0)
+        step = FrameStep(frame, action, np.float32(0), False, False, False, frame)
+        step = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), step)
+        k = self.config.rollout_steps
+        blocks = jax.tree.map(lambda x: np.zeros((num_threads, k, *x.shape), x.dtype), step)
+        return step, (np.zeros(num_threads, np.int32), blocks), add_frame_blocks
+
+    def _join(self, batches):
+        """One iteration's items from the actors' batches."""
+        if not self.frames:
+            return jax.tree.map(lambda *x: np.concatenate(x), *(b.items for b in batches))
+        groups = np.array([b.actor for b in batches], np.int32)
+        return groups, jax.tree.map(lambda *x: np.stack(x), *(b.items for b in batches))
+
+    def _compile(self, items) -> None:
         items = jax.device_put(items, self.programs.items_sharding)
         self._ingest = self.programs.ingest.lower(self.state, items, np.float32(0)).compile()
         self._add = self.programs.add.lower(self.state, items).compile()
@@ -146,6 +175,7 @@ class HostActorProgram:
                 seed=config.seed,
                 stop=self.stop,
                 clip_rewards=config.clip_rewards,
+                frames=self.frames,
             )
             self.threads.append(thread)
         for thread in self.threads:
@@ -179,8 +209,7 @@ class HostActorProgram:
                 stats["staleness_sum"] += staleness
                 stats["staleness_max"] = max(stats["staleness_max"], staleness)
                 stats["staleness_n"] += 1
-        items = jax.tree.map(lambda *x: np.concatenate(x), *(b.items for b in batches))
-        return jax.device_put(items, self.programs.items_sharding)
+        return jax.device_put(self._join(batches), self.programs.items_sharding)
 
     def _publish(self) -> None:
         self.server.publish(self.state.learner.params, self.num_updates)
