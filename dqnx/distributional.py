@@ -136,11 +136,7 @@ def categorical_double_q_learning(
     target network's ``logits_t`` give its distribution, as in Rainbow.
 
     Args:
-      logits_tm1: logits ``[A, K]`` at s_tm1 (online network).
-      a_tm1: action taken, integer ``[]``.
-      r_t: reward ``[]``.
-      discount_t: ``gamma * (1 - terminated)`` ``[]``.
-      logits_t: logits ``[A, K]`` at s_t (target network).
+      logits_tm1, a_tm1, r_t, discount_t, logits_t: as in ``categorical_q_learning``.
       q_t_selector: values ``[A]`` at s_t that pick the next action.
       atoms: the support ``[K]``, strictly increasing.
 

@@ -5,15 +5,19 @@
 - ``IQNHead``: quantile values ``[B, N, A]`` at given fractions for ``distributional.iqn_loss``;
 - ``NoisyQHead``: Q-values ``[B, A]`` for ``losses.q_learning`` / ``double_q_learning``.
 
-The heads share their options (``NoisyQHead`` is always noisy): ``dueling``
-(separate value and advantage streams, Wang et al., 2016, arXiv:1511.06581, combined
-as ``V + A - mean_a A`` per atom or quantile), ``hidden_sizes`` (ReLU layers inside
-each stream, before its output layer) and ``noisy`` (every layer of the streams a
-``NoisyDense``, Fortunato et al., 2018, arXiv:1706.10295, with initial scale
-``sigma0``). Noisy heads need ``rngs={"noise": key}`` in ``apply``, or
-``deterministic=True`` in the call for the means only. Layers are flax's ``nn.Dense``
-(``NoisyDense`` when noisy), named ``"q"``, or ``"value"`` and ``"advantage"`` when
-dueling, with ``"{stream}_hidden_{i}"`` before them.
+The heads share their stream options (``NoisyQHead`` is always noisy):
+
+- ``dueling``: separate value and advantage streams (Wang et al., 2016,
+  arXiv:1511.06581), combined as ``V + A - mean_a A`` per atom or quantile;
+- ``hidden_sizes``: ReLU layers inside each stream, before its output layer;
+- ``noisy``: every layer of the streams a ``NoisyDense`` (Fortunato et al., 2018,
+  arXiv:1706.10295);
+- ``sigma0``: initial noise scale of every ``NoisyDense``.
+
+Noisy heads need ``rngs={"noise": key}`` in ``apply``, or ``deterministic=True`` in
+the call for the means only. Layers are flax's ``nn.Dense`` (``NoisyDense`` when
+noisy), named ``"q"``, or ``"value"`` and ``"advantage"`` when dueling, with
+``"{stream}_hidden_{i}"`` before them.
 """
 
 from __future__ import annotations
@@ -63,37 +67,48 @@ def _action_values(
     return value + advantage - advantage.mean(axis=len(lead), keepdims=True)
 
 
-class NoisyQHead(nn.Module):
+class _StreamsHead(nn.Module):
+    """A head whose fields include ``num_actions`` and the stream options.
+
+    Each subclass declares its own fields: inherited ones would come first, before the
+    subclass's size field, and change its positional order (``num_actions``, size, options).
+    """
+
+    def _streams(self, h, event_shape, deterministic):
+        """``_action_values`` of ``h`` with this head's options."""
+        return _action_values(
+            h,
+            self.num_actions,
+            event_shape,
+            dueling=self.dueling,
+            hidden_sizes=self.hidden_sizes,
+            noisy=self.noisy,
+            sigma0=self.sigma0,
+            deterministic=deterministic,
+        )
+
+
+class NoisyQHead(_StreamsHead):
     """Q-values ``[B, A]`` from noisy layers (NoisyNet-DQN, Fortunato et al., 2018).
 
     Attributes:
       num_actions: ``A``.
-      dueling: value and advantage streams, ``Q = V + A - mean_a A``.
-      hidden_sizes: ReLU layers in each stream before its output layer.
-      sigma0: initial noise scale of every ``NoisyDense``.
+      dueling, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
     num_actions: int
     dueling: bool = False
     hidden_sizes: Sequence[int] = ()
     sigma0: float = 0.5
+    noisy = True  # always; not a field
 
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
         """``h [B, D]`` -> Q-values ``[B, A]``; ``deterministic=True``: the means only."""
-        return _action_values(
-            h,
-            self.num_actions,
-            (),
-            dueling=self.dueling,
-            hidden_sizes=self.hidden_sizes,
-            noisy=True,
-            sigma0=self.sigma0,
-            deterministic=deterministic,
-        )
+        return self._streams(h, (), deterministic)
 
 
-class DistributionalHead(nn.Module):
+class DistributionalHead(_StreamsHead):
     """Logits of categorical return distributions, C51 (Bellemare et al., 2017, arXiv:1707.06887).
 
     With ``dueling``, as in Rainbow (Hessel et al., 2018, arXiv:1710.02298): value logits
@@ -103,10 +118,7 @@ class DistributionalHead(nn.Module):
     Attributes:
       num_actions: ``A``.
       num_atoms: ``K``, the size of the fixed support.
-      dueling: value and advantage streams.
-      noisy: ``NoisyDense`` layers.
-      hidden_sizes: ReLU layers in each stream before its output layer.
-      sigma0: initial noise scale when ``noisy``.
+      dueling, noisy, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
     num_actions: int
@@ -119,19 +131,10 @@ class DistributionalHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
         """``h [B, D]`` -> logits ``[B, A, K]``."""
-        return _action_values(
-            h,
-            self.num_actions,
-            (self.num_atoms,),
-            dueling=self.dueling,
-            hidden_sizes=self.hidden_sizes,
-            noisy=self.noisy,
-            sigma0=self.sigma0,
-            deterministic=deterministic,
-        )
+        return self._streams(h, (self.num_atoms,), deterministic)
 
 
-class QuantileHead(nn.Module):
+class QuantileHead(_StreamsHead):
     """Quantile values at ``N`` fixed fractions, QR-DQN (Dabney et al., 2018a, arXiv:1710.10044).
 
     The fractions are ``distributional.quantile_midpoints(N)``; the head only outputs
@@ -140,10 +143,7 @@ class QuantileHead(nn.Module):
     Attributes:
       num_actions: ``A``.
       num_quantiles: ``N``.
-      dueling: value and advantage streams.
-      noisy: ``NoisyDense`` layers.
-      hidden_sizes: ReLU layers in each stream before its output layer.
-      sigma0: initial noise scale when ``noisy``.
+      dueling, noisy, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
     num_actions: int
@@ -156,20 +156,11 @@ class QuantileHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
         """``h [B, D]`` -> quantile values ``[B, N, A]``."""
-        values = _action_values(
-            h,
-            self.num_actions,
-            (self.num_quantiles,),
-            dueling=self.dueling,
-            hidden_sizes=self.hidden_sizes,
-            noisy=self.noisy,
-            sigma0=self.sigma0,
-            deterministic=deterministic,
-        )  # [B, A, N]
+        values = self._streams(h, (self.num_quantiles,), deterministic)  # [B, A, N]
         return jnp.swapaxes(values, -1, -2)
 
 
-class IQNHead(nn.Module):
+class IQNHead(_StreamsHead):
     """Quantile values at given fractions, IQN (Dabney et al., 2018b, arXiv:1806.06923).
 
     Each fraction ``tau`` is embedded as ``phi(tau) = relu(Dense_D(cos(pi * i * tau)))``,
@@ -182,10 +173,8 @@ class IQNHead(nn.Module):
     Attributes:
       num_actions: ``A``.
       embedding_dim: number of cosine features ``n``.
-      dueling: value and advantage streams.
-      noisy: ``NoisyDense`` layers in the streams.
-      hidden_sizes: ReLU layers in each stream after the product, before its output layer.
-      sigma0: initial noise scale when ``noisy``.
+      dueling, noisy, hidden_sizes, sigma0: the stream options (module docstring);
+        ``hidden_sizes`` come after the product.
     """
 
     num_actions: int
@@ -205,13 +194,4 @@ class IQNHead(nn.Module):
         i = jnp.arange(self.embedding_dim, dtype=h.dtype)  # [n]
         cosines = jnp.cos(jnp.pi * i * taus[..., None].astype(h.dtype))  # [B, N, n]
         phi = nn.relu(nn.Dense(h.shape[-1], name="tau_embedding")(cosines))  # [B, N, D]
-        return _action_values(
-            h[:, None, :] * phi,
-            self.num_actions,
-            (),
-            dueling=self.dueling,
-            hidden_sizes=self.hidden_sizes,
-            noisy=self.noisy,
-            sigma0=self.sigma0,
-            deterministic=deterministic,
-        )  # [B, N, A]
+        return self._streams(h[:, None, :] * phi, (), deterministic)  # [B, N, A]

@@ -10,7 +10,8 @@ of the target network at temperature ``tau``, ``pi = softmax(q_target / tau)``:
 ``tau * log pi`` is computed as ``tau * log_softmax(q / tau)`` (stable for small tau).
 With ``alpha = 0`` and ``tau -> 0`` the target tends to the DQN target
 ``r_t + discount_t * max_a q_t_target[a]``. Defaults are the paper's: ``tau = 0.03``,
-``alpha = 0.9``, ``l0 = -1``. Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
+``alpha = 0.9``, ``l0 = -1``; each may be a Python number or a traced scalar (a
+vmapped sweep). Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -39,24 +40,23 @@ def _check(q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, l0):
         raise ValueError(f"l0 must be <= 0, got {l0}")
 
 
-def _bonus_and_policy(q_t_target, q_tm1_target, a_tm1, tau, alpha, l0):
-    """Munchausen bonus ``[]``, policy ``pi(.|s_t) [A]`` and ``tau * log pi(.|s_t) [A]``."""
+def _targets(dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, alpha, l0):
+    """``r_t`` + Munchausen bonus + ``discount_t`` * soft value of each row of ``dist_q_t_target``.
+
+    ``dist_q_t_target [..., A]`` are the values bootstrapped from (``q_t_target`` itself
+    for M-DQN, quantile values for M-IQN); the policies come from ``q_t_target`` and
+    ``q_tm1_target``. Returns ``[...]``, with no gradient.
+    """
     tau_log_pi_tm1 = tau * jax.nn.log_softmax(q_tm1_target / tau)  # [A]
     bonus = alpha * jnp.clip(tau_log_pi_tm1[a_tm1], l0, 0.0)
     tau_log_pi_t = tau * jax.nn.log_softmax(q_t_target / tau)  # [A]
     pi_t = jax.nn.softmax(q_t_target / tau)  # [A]
-    return bonus, pi_t, tau_log_pi_t
+    soft_values = jnp.sum(pi_t * (dist_q_t_target - tau_log_pi_t), axis=-1)  # [...]
+    return jax.lax.stop_gradient(r_t + bonus + discount_t * soft_values)
 
 
 def munchausen_target(
-    q_t_target,
-    q_tm1_target,
-    a_tm1,
-    r_t,
-    discount_t,
-    tau: float = 0.03,
-    alpha: float = 0.9,
-    l0: float = -1.0,
+    q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau=0.03, alpha=0.9, l0=-1.0
 ):
     """The M-DQN target of one transition (Vieillard et al., 2020).
 
@@ -74,21 +74,11 @@ def munchausen_target(
       The target ``[]``, with no gradient (stop_gradient).
     """
     _check(q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, l0)
-    bonus, pi_t, tau_log_pi_t = _bonus_and_policy(q_t_target, q_tm1_target, a_tm1, tau, alpha, l0)
-    soft_value = jnp.sum(pi_t * (q_t_target - tau_log_pi_t))
-    return jax.lax.stop_gradient(r_t + bonus + discount_t * soft_value)
+    return _targets(q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, alpha, l0)
 
 
 def munchausen_q_learning(
-    q_tm1,
-    a_tm1,
-    r_t,
-    discount_t,
-    q_t_target,
-    q_tm1_target,
-    tau: float = 0.03,
-    alpha: float = 0.9,
-    l0: float = -1.0,
+    q_tm1, a_tm1, r_t, discount_t, q_t_target, q_tm1_target, tau=0.03, alpha=0.9, l0=-1.0
 ):
     """TD error of Munchausen DQN: ``munchausen_target(...) - q_tm1[a_tm1]``.
 
@@ -97,14 +87,8 @@ def munchausen_q_learning(
 
     Args:
       q_tm1: online Q-values ``[A]`` at s_tm1.
-      a_tm1: action taken, integer ``[]``.
-      r_t: reward ``[]``.
-      discount_t: ``gamma * (1 - terminated)`` ``[]``.
-      q_t_target: target-network Q-values ``[A]`` at s_t.
-      q_tm1_target: target-network Q-values ``[A]`` at s_tm1.
-      tau: entropy temperature, > 0.
-      alpha: Munchausen scaling.
-      l0: lower clip of the log-policy bonus, <= 0.
+      a_tm1, r_t, discount_t, q_t_target, q_tm1_target, tau, alpha, l0: as in
+        ``munchausen_target``.
 
     Returns:
       The TD error ``[]``.
@@ -116,15 +100,7 @@ def munchausen_q_learning(
 
 
 def munchausen_quantile_target(
-    dist_q_t_target,
-    q_t_target,
-    q_tm1_target,
-    a_tm1,
-    r_t,
-    discount_t,
-    tau: float = 0.03,
-    alpha: float = 0.9,
-    l0: float = -1.0,
+    dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau=0.03, alpha=0.9, l0=-1.0
 ):
     """Per-quantile M-IQN target samples (Vieillard et al., 2020).
 
@@ -144,12 +120,7 @@ def munchausen_quantile_target(
       q_t_target: target-network Q-values ``[A]`` at s_t (e.g. the mean of quantile
         values at ``K`` further sampled fractions).
       q_tm1_target: target-network Q-values ``[A]`` at s_tm1, likewise.
-      a_tm1: action taken, integer ``[]``.
-      r_t: reward ``[]``.
-      discount_t: ``gamma * (1 - terminated)`` ``[]``.
-      tau: entropy temperature, > 0.
-      alpha: Munchausen scaling.
-      l0: lower clip of the log-policy bonus, <= 0.
+      a_tm1, r_t, discount_t, tau, alpha, l0: as in ``munchausen_target``.
 
     Returns:
       Target samples ``[N']``, with no gradient (stop_gradient).
@@ -160,6 +131,6 @@ def munchausen_quantile_target(
             f"expects dist_q_t_target [N', A] with A = {q_t_target.shape[0]}; got "
             f"{dist_q_t_target.shape} (batch with vmap)"
         )
-    bonus, pi_t, tau_log_pi_t = _bonus_and_policy(q_t_target, q_tm1_target, a_tm1, tau, alpha, l0)
-    soft_values = (dist_q_t_target - tau_log_pi_t) @ pi_t  # [N']
-    return jax.lax.stop_gradient(r_t + bonus + discount_t * soft_values)
+    return _targets(
+        dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, alpha, l0
+    )

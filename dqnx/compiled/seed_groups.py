@@ -64,15 +64,16 @@ def in_seed_groups(chunk, axes, num_seeds: int, group: int):
 
     def run(state, *args, **kwargs):
         state_axes = leaf_axes(state)
+
+        def per_seed(fn, shared_from, *trees):
+            """``fn`` over the per-seed leaves of ``trees``; shared leaves from ``shared_from``."""
+            return jax.tree.map(
+                lambda a, s, *xs: s if a == shared else fn(*xs), state_axes, shared_from, *trees
+            )
+
         _, out_metrics = jax.eval_shape(
             lambda sub: chunk(sub, *args, **kwargs),
-            jax.tree.map(
-                lambda a, x: (
-                    x if a == shared else jax.ShapeDtypeStruct((group, *x.shape[1:]), x.dtype)
-                ),
-                state_axes,
-                state,
-            ),
+            per_seed(lambda x: jax.ShapeDtypeStruct((group, *x.shape[1:]), x.dtype), state, state),
         )
         metrics0 = jax.tree.map(
             lambda x: jnp.zeros((num_seeds, *x.shape[1:]) if x.ndim else (), x.dtype),
@@ -83,22 +84,12 @@ def in_seed_groups(chunk, axes, num_seeds: int, group: int):
             current, metrics = carry
             start = g * group
             # Per-seed leaves: this group's slice of the carry; shared: the input's.
-            sub = jax.tree.map(
-                lambda a, x, x0: (
-                    x0 if a == shared else jax.lax.dynamic_slice_in_dim(x, start, group, 0)
-                ),
-                state_axes,
-                current,
-                state,
+            sub = per_seed(
+                lambda x: jax.lax.dynamic_slice_in_dim(x, start, group, 0), state, current
             )
             sub, m = chunk(sub, *args, **kwargs)
-            current = jax.tree.map(
-                lambda a, x, y: (
-                    y if a == shared else jax.lax.dynamic_update_slice_in_dim(x, y, start, 0)
-                ),
-                state_axes,
-                current,
-                sub,
+            current = per_seed(
+                lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, start, 0), sub, current, sub
             )
             metrics = jax.tree.map(
                 lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, start, 0) if x.ndim else y,

@@ -32,6 +32,7 @@ reset the game on every lost life).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -39,12 +40,11 @@ import numpy as np
 
 from dqnx.errors import ConfigError, suggest
 from dqnx.host_envs.base import (
-    EpisodeStats,
     HostEnvSpec,
     HostStep,
-    check_actions,
-    env_seeds,
-    make_host_step,
+    VectorHostEnv,
+    import_library,
+    library_error,
 )
 
 PROTOCOLS = {
@@ -56,19 +56,13 @@ MAX_FRAMES = 108_000
 
 
 def import_ale_py():
-    try:
-        import ale_py
-        import ale_py.vector_env  # noqa: F401  (needs gymnasium too)
-    except ImportError:
-        raise ConfigError(
-            "ale: envs need the ale-py and gymnasium packages: pip install 'dqnx[atari]'"
-        ) from None
+    ale_py = import_library(  # ale_py.vector_env needs gymnasium too
+        "ale", ("ale_py", "ale_py.vector_env"), "the ale-py and gymnasium packages", "atari"
+    )
     # ale-py 0.11.0's vector env has no same-step autoreset; 0.12.1 is the version checked.
     if "autoreset_mode" not in inspect.signature(ale_py.vector_env.AtariVectorEnv).parameters:
-        raise ConfigError(
-            f"ale: envs need ale-py>=0.12.1 (found {ale_py.__version__}): "
-            "pip install -U 'dqnx[atari]'"
-        )
+        needs = f"ale-py>=0.12.1 (found {ale_py.__version__})"
+        raise library_error("ale", needs, "atari", upgrade=True)
     return ale_py
 
 
@@ -108,33 +102,25 @@ def spec(
     check_name(game)
     _check_protocol(protocol)
     env = import_ale_py().vector_env.AtariVectorEnv(game, 1, num_threads=1)
-    try:
+    with contextlib.closing(env):
         return _spec_of(game, env, max_num_frames_per_episode)
-    finally:
-        env.close()
 
 
-class AleHostEnv:
+class AleHostEnv(VectorHostEnv):
     """``HostEnv`` over ``ale_py.vector_env.AtariVectorEnv`` (see the module docstring)."""
 
     def __init__(self, vector_env, env_spec: HostEnvSpec, seed: int, life_loss: bool):
-        self.spec = env_spec
-        self.num_envs = vector_env.num_envs
-        self._env = vector_env
-        self._seed = seed
+        super().__init__(vector_env, env_spec, seed)
         self._life_loss = life_loss
         self._lives = np.zeros(self.num_envs, np.int32)
-        self._stats = EpisodeStats(self.num_envs)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        seeds = env_seeds(self._seed if seed is None else seed, self.num_envs)
-        obs, info = self._env.reset(seed=seeds)
+        obs, info = self._env.reset(seed=self._reset_seeds(seed))
         self._lives = info["lives"]
-        self._stats.reset()
         return obs
 
     def step(self, actions: np.ndarray) -> HostStep:
-        actions = check_actions(actions, self.num_envs, self.spec.num_actions)
+        actions = self._check_actions(actions)
         # Outputs are in environment order (ALE's ordered mode: batch_size == num_envs).
         obs, reward, terminated, truncated, info = self._env.step(actions)
         next_obs = info.get("final_obs", obs)
@@ -144,12 +130,7 @@ class AleHostEnv:
             terminated = terminated | (~done & (lives < self._lives) & (lives > 0))
         self._lives = lives
         valid = np.ones(self.num_envs, np.bool_)
-        return make_host_step(
-            obs, next_obs, reward, terminated, truncated, done, valid, self._stats
-        )
-
-    def close(self) -> None:
-        self._env.close()
+        return self._host_step(obs, next_obs, reward, terminated, truncated, done, valid)
 
 
 def make(

@@ -22,9 +22,13 @@ never writes into them again, so an actor may queue them without copying.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+from dqnx.errors import ConfigError
 
 #: The autoreset conventions (see the module docstring).
 SAME_STEP = "same_step"
@@ -191,3 +195,61 @@ def make_host_step(obs, next_obs, reward, terminated, truncated, done, valid, st
         episode_length=episode_length,
         valid=valid,
     )
+
+
+class HostEnvBase:
+    """What the ``HostEnv`` classes here share.
+
+    Holds ``spec``, ``num_envs``, the default seed of ``reset`` and the episode
+    statistics. A subclass's ``reset`` starts with ``self._reset_seeds(seed)``; its
+    ``step`` checks ``actions`` with ``self._check_actions`` and ends with
+    ``self._host_step``.
+    """
+
+    def __init__(self, spec: HostEnvSpec, num_envs: int, seed: int):
+        self.spec = spec
+        self.num_envs = num_envs
+        self._seed = seed
+        self._stats = EpisodeStats(num_envs)
+
+    def _reset_seeds(self, seed: int | None) -> np.ndarray:
+        """Restarts the statistics; returns the seeds of ``reset(seed)``, one per environment."""
+        self._stats.reset()
+        return env_seeds(self._seed if seed is None else seed, self.num_envs)
+
+    def _check_actions(self, actions) -> np.ndarray:
+        return check_actions(actions, self.num_envs, self.spec.num_actions)
+
+    def _host_step(self, obs, next_obs, reward, terminated, truncated, done, valid) -> HostStep:
+        return make_host_step(
+            obs, next_obs, reward, terminated, truncated, done, valid, self._stats
+        )
+
+
+class VectorHostEnv(HostEnvBase):
+    """A ``HostEnvBase`` over one library vector env of ``num_envs`` environments."""
+
+    def __init__(self, vector_env, spec: HostEnvSpec, seed: int):
+        super().__init__(spec, vector_env.num_envs, seed)
+        self._env = vector_env
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def library_error(prefix: str, needs: str, extra: str, upgrade: bool = False) -> ConfigError:
+    """The one-line error of ``prefix:`` envs that need ``needs``, from ``dqnx[extra]``."""
+    pip = "pip install -U" if upgrade else "pip install"
+    return ConfigError(f"{prefix}: envs need {needs}: {pip} 'dqnx[{extra}]'")
+
+
+def import_library(prefix: str, modules: Sequence[str], needs: str, extra: str):
+    """Imports ``modules`` in order for the ``prefix:`` envs; returns the first.
+
+    Raises:
+      ConfigError: ``library_error(prefix, needs, extra)`` if an import fails.
+    """
+    try:
+        return [importlib.import_module(name) for name in modules][0]
+    except ImportError:
+        raise library_error(prefix, needs, extra) from None

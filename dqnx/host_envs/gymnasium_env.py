@@ -17,6 +17,7 @@ an episode end only resets (reward 0, action ignored) and is reported with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -25,12 +26,11 @@ from dqnx.errors import ConfigError, suggest
 from dqnx.host_envs.base import (
     AUTORESET_MODES,
     SAME_STEP,
-    EpisodeStats,
     HostEnvSpec,
     HostStep,
-    check_actions,
-    env_seeds,
-    make_host_step,
+    VectorHostEnv,
+    import_library,
+    library_error,
 )
 
 # Observation dtypes kept as they are; every other dtype becomes float32.
@@ -38,17 +38,10 @@ _COMPACT_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8), np.dtype(np.int8))
 
 
 def import_gymnasium():
-    try:
-        import gymnasium
-    except ImportError:
-        raise ConfigError(
-            "gymnasium: envs need the gymnasium package: pip install 'dqnx[host]'"
-        ) from None
+    gymnasium = import_library("gymnasium", ("gymnasium",), "the gymnasium package", "host")
     if not hasattr(gymnasium.vector, "AutoresetMode"):
-        raise ConfigError(
-            f"gymnasium: envs need gymnasium>=1.1 (found {gymnasium.__version__}): "
-            "pip install 'dqnx[host]'"
-        )
+        needs = f"gymnasium>=1.1 (found {gymnasium.__version__})"
+        raise library_error("gymnasium", needs, "host")
     return gymnasium
 
 
@@ -101,38 +94,30 @@ def spec(
     """The spec of ``gymnasium:env_id`` (builds one env, reads its spaces, closes it)."""
     check_name(env_id)
     env = _make_one(env_id, max_episode_steps, env_kwargs)
-    try:
+    with contextlib.closing(env):
         limit = env.spec.max_episode_steps if env.spec is not None else None
         return _spec_of(env_id, env)._replace(max_episode_steps=limit)
-    finally:
-        env.close()
 
 
-class GymnasiumHostEnv:
+class GymnasiumHostEnv(VectorHostEnv):
     """``HostEnv`` over a Gymnasium vector env (see the module docstring)."""
 
     def __init__(self, vector_env, env_spec: HostEnvSpec, seed: int, autoreset: str):
-        self.spec = env_spec
-        self.num_envs = vector_env.num_envs
-        self._env = vector_env
-        self._seed = seed
+        super().__init__(vector_env, env_spec, seed)
         self._same_step = autoreset == SAME_STEP
         self._action_start = int(vector_env.single_action_space.start)
         self._pending_reset = np.zeros(self.num_envs, np.bool_)
-        self._stats = EpisodeStats(self.num_envs)
 
     def _convert(self, obs) -> np.ndarray:
         return np.asarray(obs).astype(self.spec.obs_dtype, copy=True)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        seeds = env_seeds(self._seed if seed is None else seed, self.num_envs)
-        obs, _ = self._env.reset(seed=[int(s) for s in seeds])
+        obs, _ = self._env.reset(seed=[int(s) for s in self._reset_seeds(seed)])
         self._pending_reset[:] = False
-        self._stats.reset()
         return self._convert(obs)
 
     def step(self, actions: np.ndarray) -> HostStep:
-        actions = check_actions(actions, self.num_envs, self.spec.num_actions)
+        actions = self._check_actions(actions)
         obs, reward, terminated, truncated, info = self._env.step(
             actions.astype(np.int64) + self._action_start
         )
@@ -145,12 +130,7 @@ class GymnasiumHostEnv:
         done = np.logical_or(terminated, truncated)
         if not self._same_step:
             self._pending_reset = done & valid
-        return make_host_step(
-            obs, next_obs, reward, terminated, truncated, done, valid, self._stats
-        )
-
-    def close(self) -> None:
-        self._env.close()
+        return self._host_step(obs, next_obs, reward, terminated, truncated, done, valid)
 
 
 def make(

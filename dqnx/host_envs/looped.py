@@ -13,16 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dqnx.host_envs.base import (
-    AUTORESET_MODES,
-    SAME_STEP,
-    EpisodeStats,
-    HostEnvSpec,
-    HostStep,
-    check_actions,
-    env_seeds,
-    make_host_step,
-)
+from dqnx.host_envs.base import AUTORESET_MODES, SAME_STEP, HostEnvBase, HostEnvSpec, HostStep
 
 
 class SingleEnv(Protocol):
@@ -37,7 +28,7 @@ class SingleEnv(Protocol):
         ...
 
 
-class LoopedHostEnv:
+class LoopedHostEnv(HostEnvBase):
     """``HostEnv`` over ``N`` ``SingleEnv`` objects built by ``make_env(index, seed)``.
 
     Args:
@@ -63,10 +54,8 @@ class LoopedHostEnv:
     ):
         if autoreset not in AUTORESET_MODES:
             raise ValueError(f"autoreset must be one of {AUTORESET_MODES}, got {autoreset!r}")
-        self.spec = spec
-        self.num_envs = num_envs
+        super().__init__(spec, num_envs, seed)
         self._make_env = make_env
-        self._seed = seed
         self._same_step = autoreset == SAME_STEP
         limits = max_episode_steps
         if limits is None or isinstance(limits, int):
@@ -80,27 +69,25 @@ class LoopedHostEnv:
         self._envs: list[SingleEnv] = []
         self._steps = np.zeros(num_envs, np.int64)  # agent steps into the current episode
         self._pending_reset = np.zeros(num_envs, np.bool_)  # next-step convention only
-        self._stats = EpisodeStats(num_envs)
 
     def _empty_obs(self) -> np.ndarray:
         return np.empty((self.num_envs, *self.spec.obs_shape), self.spec.obs_dtype)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Rebuilds and resets every environment; returns ``[N, *obs_shape]``."""
-        seeds = env_seeds(self._seed if seed is None else seed, self.num_envs)
+        seeds = self._reset_seeds(seed)
         self._envs = [self._make_env(i, int(s)) for i, s in enumerate(seeds)]
         obs = self._empty_obs()
         for i, env in enumerate(self._envs):
             obs[i] = env.reset()
         self._steps[:] = 0
         self._pending_reset[:] = False
-        self._stats.reset()
         return obs
 
     def step(self, actions: np.ndarray) -> HostStep:
         if not self._envs:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.spec.num_actions)
+        actions = self._check_actions(actions)
         n = self.num_envs
         obs, next_obs = self._empty_obs(), self._empty_obs()
         reward = np.zeros(n, np.float32)
@@ -125,9 +112,7 @@ class LoopedHostEnv:
                 obs[i] = o
         done = terminated | truncated
         self._pending_reset = done & (not self._same_step)
-        return make_host_step(
-            obs, next_obs, reward, terminated, truncated, done, valid, self._stats
-        )
+        return self._host_step(obs, next_obs, reward, terminated, truncated, done, valid)
 
     def close(self) -> None:
         for env in self._envs:

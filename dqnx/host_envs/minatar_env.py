@@ -33,7 +33,7 @@ import types
 import numpy as np
 
 from dqnx.errors import ConfigError, suggest
-from dqnx.host_envs.base import SAME_STEP, HostEnvSpec
+from dqnx.host_envs.base import SAME_STEP, HostEnvSpec, import_library
 from dqnx.host_envs.looped import LoopedHostEnv
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
@@ -57,13 +57,7 @@ def import_minatar():
         for name in _DRAWING_MODULES:
             if name not in sys.modules and importlib.util.find_spec(name) is not None:
                 sys.modules[name] = _OnFirstUse(name)
-    try:
-        import minatar
-    except ImportError:
-        raise ConfigError(
-            "minatar: envs need the minatar package: pip install 'dqnx[host]'"
-        ) from None
-    return minatar
+    return import_library("minatar", ("minatar",), "the minatar package", "host")
 
 
 def check_name(game: str) -> None:
