@@ -5,15 +5,29 @@ A checkpoint is ``DIR/checkpoints/<env_steps>/`` holding the train state
 and a JSON ``meta`` item (resolved config, format tag, leaf shapes). Orbax
 writes each step into a temporary directory and renames it only once complete,
 so a process killed mid-write leaves no directory that looks finished;
-``latest_step`` only ever sees complete checkpoints. Nothing is pickled:
-arrays are tensorstore files, metadata is JSON.
+``latest_step`` only ever sees complete checkpoints. Once orbax is done, dqnx
+adds ``dqnx_manifest.json``: the size and CRC-32 of every file of the
+checkpoint. Nothing is pickled: arrays are tensorstore files, metadata is JSON.
+
+A checkpoint is usable when every file its manifest lists is still there with
+its size and CRC-32, its metadata reads as a dqnx checkpoint's, and its arrays
+read back. A checkpoint that fails any of these raises ``CheckpointDamaged``
+(changed or missing files, half-written, not a dqnx checkpoint);
+``move_aside`` renames it to ``<step>.corrupt``, a name orbax never lists as a
+step. Checkpoints written before manifests existed are read without the file
+check (their meta has no ``manifest`` entry).
 
 PRNG keys are stored as their raw ``uint32`` key data and re-wrapped on load.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +35,29 @@ import jax
 import numpy as np
 
 FORMAT = "dqnx-checkpoint-v1"
+MANIFEST = "dqnx_manifest.json"
+COMMIT_MARKER = "commit_success.txt"  # orbax writes it last, before the final rename
+_MOVED_ASIDE = re.compile(r"^(\d+)\.(corrupt|skipped)(-\d+)?$")
+_BLOCK = 16 << 20
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, corrupt, or from another run."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint whose files cannot be trusted: changed or missing files,
+    half-written, unreadable, or not a dqnx checkpoint. An older one may still be
+    usable.
+
+    Attributes:
+      path: the checkpoint's directory.
+      problem: what is wrong, as the end of a sentence ("is corrupt (...)").
+    """
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"checkpoint {path} {problem}")
+        self.path, self.problem = Path(path), problem
 
 
 def _is_key(x) -> bool:
@@ -60,6 +93,78 @@ def _abstract(state):
     return jax.tree.map(spec, to_storable(state))
 
 
+def _file_crc(path: Path) -> tuple[int, int]:
+    """``(size, CRC-32)`` of the file at ``path``."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            crc, size = zlib.crc32(block, crc), size + len(block)
+    return size, crc
+
+
+def _crcs(root: Path, names: list[str]) -> list[tuple[int, int]]:
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda name: _file_crc(root / name), names))
+
+
+def write_manifest(path: Path) -> None:
+    """Writes ``path/dqnx_manifest.json``: ``{file: [size, crc32]}`` of every file
+    under the checkpoint directory ``path`` (atomically: temporary file + rename)."""
+    names = sorted(
+        p.relative_to(path).as_posix()
+        for p in path.rglob("*")
+        if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")
+    )
+    files = {name: list(sc) for name, sc in zip(names, _crcs(path, names), strict=True)}
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
+    os.replace(tmp, path / MANIFEST)
+
+
+def check_files(path: Path) -> bool:
+    """Checks the files of checkpoint directory ``path`` against its manifest.
+
+    Returns:
+      True if the manifest is there and every file it lists matches; False if
+      there is no manifest (a checkpoint from before manifests, or one whose
+      writer stopped before the manifest: the caller tells them apart by the
+      metadata's ``manifest`` entry).
+
+    Raises:
+      CheckpointDamaged: a listed file is missing or differs, the manifest is
+        unreadable, or (without a manifest) orbax's commit marker is missing.
+    """
+    try:
+        text = (path / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        if not (path / COMMIT_MARKER).is_file():
+            raise CheckpointDamaged(path, f"is half-written (no {COMMIT_MARKER})") from None
+        return False
+    except OSError as e:
+        raise CheckpointDamaged(path, f"is unreadable ({_first_line(e)})") from None
+    try:
+        files = json.loads(text)["files"]
+        names = sorted(files)
+        expected = [tuple(int(v) for v in files[name]) for name in names]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointDamaged(path, f"is corrupt ({MANIFEST}: {_first_line(e)})") from None
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointDamaged(path, f"is incomplete ({missing[0]}{more} missing)")
+    try:
+        found = _crcs(path, names)
+    except OSError as e:
+        raise CheckpointDamaged(path, f"is unreadable ({_first_line(e)})") from None
+    changed = [name for name, a, b in zip(names, expected, found, strict=True) if a != b]
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise CheckpointDamaged(
+            path, f"is corrupt ({changed[0]}{more} changed since it was written)"
+        )
+    return True
+
+
 class Checkpointer:
     """Saves and restores train states under ``directory`` (one subdirectory per step)."""
 
@@ -78,19 +183,34 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "meta")
         )
 
+    def path(self, step: int) -> Path:
+        """The directory of checkpoint ``step``."""
+        return self.directory / str(int(step))
+
     def latest_step(self) -> int | None:
         """The env step of the newest complete checkpoint, or None."""
         self._manager.reload()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """The env steps of every complete checkpoint, oldest first."""
         self._manager.reload()
-        return list(self._manager.all_steps())
+        return sorted(self._manager.all_steps())
+
+    def moved_aside(self) -> list[Path]:
+        """The checkpoint directories ``move_aside`` renamed, oldest step first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if _MOVED_ASIDE.match(p.name) and p.is_dir()]
+        return sorted(found, key=lambda p: (int(_MOVED_ASIDE.match(p.name)[1]), p.name))
 
     def save(self, step: int, state, meta: dict[str, Any]) -> None:
-        """Writes ``state`` as checkpoint ``step``; returns once it is complete on disk."""
+        """Writes ``state`` as checkpoint ``step``, then its manifest; returns once
+        both are complete on disk."""
         ocp = self._ocp
-        meta = dict(meta, format=FORMAT, step=int(step), leaves=leaf_signature(state))
+        meta = dict(
+            meta, format=FORMAT, step=int(step), leaves=leaf_signature(state), manifest=MANIFEST
+        )
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -99,31 +219,53 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            write_manifest(self.path(step))
 
     def read_meta(self, step: int) -> dict[str, Any]:
-        """The JSON metadata of checkpoint ``step`` (no arrays are read)."""
+        """The JSON metadata of checkpoint ``step``, once its files check out
+        against its manifest (no arrays are decoded).
+
+        Raises:
+          CheckpointDamaged: see ``check_files``; or the metadata is unreadable,
+            not a dqnx checkpoint's, or promises a manifest that is not there.
+        """
         ocp = self._ocp
-        path = self.directory / str(step)
+        path = self.path(step)
+        has_manifest = check_files(path)
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
             )
             meta = restored.meta
         except Exception as e:  # orbax raises many types for a damaged directory
-            raise CheckpointError(f"checkpoint {path} is unreadable ({_first_line(e)})") from None
+            raise CheckpointDamaged(path, f"is unreadable ({_first_line(e)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a dqnx checkpoint (format {FORMAT} expected)")
+            raise CheckpointDamaged(path, f"is not a dqnx checkpoint (format {FORMAT} expected)")
+        if meta.get("manifest") and not has_manifest:
+            raise CheckpointDamaged(path, f"is half-written (no {MANIFEST})")
         return meta
 
-    def restore(self, like, step: int | None = None):
+    def restore(self, like, step: int | None = None, meta: dict[str, Any] | None = None):
         """Loads checkpoint ``step`` (default: newest) into the structure and
-        placement of ``like``; returns ``(state, meta)``."""
+        placement of ``like``; returns ``(state, meta)``.
+
+        Args:
+          like: a state of the structure, dtypes, shapes and shardings to restore.
+          step: the checkpoint's env step (None: the newest).
+          meta: the checkpoint's metadata as ``read_meta`` just returned it (its
+            files already checked); None reads and checks them here.
+
+        Raises:
+          CheckpointDamaged: the files, the metadata or the arrays cannot be read.
+          CheckpointError: no checkpoint, or one of a different train state.
+        """
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        path = self.directory / str(step)
-        meta = self.read_meta(step)
+        path = self.path(step)
+        meta = self.read_meta(step) if meta is None else meta
         expected = leaf_signature(like)
         if meta.get("leaves") != expected:
             diff = sorted(
@@ -141,11 +283,60 @@ class Checkpointer:
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like))),
             )
         except Exception as e:
-            raise CheckpointError(f"checkpoint {path} is corrupt ({_first_line(e)})") from None
+            _drop_closed_loop_callbacks()
+            raise CheckpointDamaged(path, f"is corrupt ({_first_line(e)})") from None
         return from_storable(restored.state, like), meta
+
+    def move_aside(self, step: int, suffix: str = "corrupt") -> Path:
+        """Renames checkpoint ``step`` to ``<step>.<suffix>`` (``-2``, ``-3``, ... if
+        taken), where orbax never lists it again; returns the new path. On several
+        processes, process 0 renames and the others wait for it.
+
+        Raises:
+          CheckpointError: the rename failed.
+        """
+        src = self.path(step)
+        dst = self.directory / f"{step}.{suffix}"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.directory / f"{step}.{suffix}-{n}"
+        if jax.process_index() == 0:
+            try:
+                os.rename(src, dst)
+            except OSError as e:
+                raise CheckpointError(
+                    f"cannot move checkpoint {src} aside to {dst.name} ({e.strerror}); move or "
+                    "remove it by hand"
+                ) from None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"dqnx_move_aside_{step}")
+        self._manager.reload()
+        return dst
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Keeps a failed restore's message one line. After orbax gives up, tensorstore
+    finishes the reads still in flight, and each of their callbacks finds orbax's
+    event loop closed: ``RuntimeError: Event loop is closed``, printed as a
+    traceback through ``sys.unraisablehook``. From the first failed restore on,
+    exactly these are dropped; everything else still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "dqnx_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.dqnx_drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 def _first_line(e: BaseException) -> str:

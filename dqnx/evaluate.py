@@ -3,15 +3,17 @@
   python -m dqnx.evaluate --workdir=runs/cartpole-8 [--episodes=100] [--epsilon=0.0] [--step=N]
       [--gif=episode.gif [--gif_seed=0] [--gif_max_steps=500]]
 
-Rebuilds the run from its ``config.json``, loads the newest checkpoint (or
-``--step``), plays ``--episodes`` episodes per seed in parallel on device with
-``--epsilon``-greedy actions from the online parameters, prints the mean return
-per seed and writes ``evaluation.json`` next to the checkpoints. ``--gif``
-also plays one episode with seed ``--gif_seed``'s parameters (stopping at its
-end or after ``--gif_max_steps`` steps) and draws it with gymnax's visualizer
-(for the environments gymnax can draw; classic control needs pygame). Exit code
-2 with one line on stderr for a missing run, an unusable checkpoint or an
-environment that cannot be drawn.
+Rebuilds the run from its ``config.json``, loads the newest checkpoint that
+reads (a damaged newer one is named in one line on stderr and skipped, never
+changed) or the one ``--step`` (alias ``--restore_step``) names, plays
+``--episodes`` episodes per seed in parallel on device with ``--epsilon``-greedy
+actions from the online parameters, prints the mean return per seed and writes
+``evaluation.json`` next to the checkpoints. ``--gif`` also plays one episode
+with seed ``--gif_seed``'s parameters (stopping at its end or after
+``--gif_max_steps`` steps) and draws it with gymnax's visualizer (for the
+environments gymnax can draw; classic control needs pygame). Exit code 2 with
+one line on stderr for a missing run, an unusable checkpoint or an environment
+that cannot be drawn.
 """
 
 from __future__ import annotations
@@ -68,17 +70,25 @@ def _validate(config):
 
 
 def _load(workdir: Path, config, step) -> _Loaded:
-    """Rebuilds ``config``'s programs and restores checkpoint ``step`` (default: newest)."""
+    """Rebuilds ``config``'s programs and restores checkpoint ``step`` (default: the
+    newest one that reads; damaged newer ones are named on stderr and skipped).
+
+    Raises:
+      CheckpointError: no checkpoint, none usable, or checkpoint ``step`` damaged.
+      ConfigError: no checkpoint ``step``.
+    """
     from dqnx import builder, checkpoint, compiled
+    from dqnx.shell.resume import Resumer
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     try:
-        step = ckpt.latest_step() if step is None else step
+        resumer = Resumer(ckpt, step=-1 if step is None else step, move_aside=False)
+        step = resumer.pick()
         if step is None:
             raise checkpoint.CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}")
         fns = compiled.make_train(config, layout=builder.choose_layout(config))
         programs = compiled.compile_train(fns, training=False)
-        state, _ = ckpt.restore(programs.initial_state, step)
+        state, step = resumer.restore(programs.initial_state, step)
     finally:
         ckpt.close()
     return _Loaded(config, fns, programs, state, int(step))
@@ -264,7 +274,14 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--epsilon", type=float, default=0.0)
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument(
+        "--step",
+        "--restore_step",
+        dest="step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the newest that reads)",
+    )
     p.add_argument("--gif", default=None, metavar="PATH", help="also draw one episode to PATH")
     p.add_argument("--gif_seed", type=int, default=0, help="whose parameters play it")
     p.add_argument("--gif_max_steps", type=int, default=500, help="cut the episode here")

@@ -1,10 +1,11 @@
 """The host loop: one loop for every execution mode.
 
-``run(config)`` checks the workdir for a checkpoint to resume, builds the
-``Program`` for the config's mode, then runs chunks: after each it writes a
-metric record, shows progress, evaluates and checkpoints when due, and stops
-cleanly on SIGTERM/SIGINT (checkpoint first) or on a non-finite loss. It ends
-with ``summary.json``. It never looks inside a chunk.
+``run(config)`` checks the workdir (a writable directory with room for a
+checkpoint) and picks the checkpoint to resume (newest first, damaged ones moved
+aside), builds the ``Program`` for the config's mode, then runs chunks: after
+each it writes a metric record, shows progress, evaluates and checkpoints when
+due, and stops cleanly on SIGTERM/SIGINT (checkpoint first) or on a non-finite
+loss. It ends with ``summary.json``. It never looks inside a chunk.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dqnx.errors import ConfigError
 from dqnx.progress import Progress, print_line
 from dqnx.shell.digest import local_params_digest, params_digests
 from dqnx.shell.program import ChunkReport, Program
-from dqnx.shell.resume import truncate_metrics
+from dqnx.shell.resume import Resumer, check_workdir, truncate_metrics, warn_on_stderr
 from dqnx.shell.signals import Diverged, Interrupted, SignalFlag
 
 
@@ -44,17 +45,10 @@ def make_program(config: Config) -> Program:
     return CompiledProgram(config)
 
 
-def check_resume(config: Config, checkpointer: ckpt_lib.Checkpointer) -> int | None:
-    """The env step to resume from (None: a fresh run). Reads only metadata, so a
-    changed config is a one-line error before anything compiles.
-
-    Raises:
-      ConfigError: the checkpoint was written with other result-changing flags.
-    """
-    step = checkpointer.latest_step()
-    if step is None:
-        return None
-    saved = checkpointer.read_meta(step)["config"]
+def check_drift(config: Config, meta: dict) -> None:
+    """Raises ConfigError if checkpoint metadata ``meta`` was written with other
+    result-changing flags than ``config`` (unless ``--allow_config_change``)."""
+    saved = meta.get("config") or {}
     drift = config.drift(saved)
     if drift and not config.allow_config_change:
         changes = ", ".join(f"--{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in drift)
@@ -62,7 +56,29 @@ def check_resume(config: Config, checkpointer: ckpt_lib.Checkpointer) -> int | N
             f"{config.workdir} holds a run with other settings: {changes}; rerun with the "
             "original flags, pick a new --workdir, or pass --allow_config_change"
         )
-    return step
+
+
+def check_resume(
+    config: Config, checkpointer: ckpt_lib.Checkpointer, warn=warn_on_stderr
+) -> Resumer:
+    """The ``Resumer`` of this run, its checkpoint picked (``resumer.picked``;
+    None: a fresh run); ``warn`` prints its one-line notes. Reads only files and
+    metadata, so a damaged checkpoint is moved aside, and a changed config is a
+    one-line error, before anything compiles.
+
+    Raises:
+      ConfigError: the checkpoint was written with other result-changing flags,
+        or ``--restore_step`` names no checkpoint.
+      checkpoint.CheckpointError: no checkpoint is usable.
+    """
+    resumer = Resumer(
+        checkpointer,
+        step=config.restore_step,
+        check_meta=lambda meta: check_drift(config, meta),
+        warn=warn,
+    )
+    resumer.pick()
+    return resumer
 
 
 def run(
@@ -76,8 +92,11 @@ def run(
 
     Writes ``config.json``, ``metrics.jsonl`` (one object per chunk),
     checkpoints under ``checkpoints/`` and ``summary.json`` to ``workdir``.
-    If ``workdir`` already holds a checkpoint, continues from the newest one
-    (bit for bit when the program's ``exact_resume`` says so).
+    If ``workdir`` already holds a checkpoint, continues from the newest usable
+    one, or from ``config.restore_step`` (bit for bit when the program's
+    ``exact_resume`` says so); a damaged one is reported in one line, renamed
+    ``<step>.corrupt`` and passed over, and the metric files are cut back to the
+    checkpoint restored.
 
     Args:
       config: the run's configuration (validated here).
@@ -86,8 +105,10 @@ def run(
       program_factory: builds the ``Program`` (default: ``make_program``).
 
     Raises:
-      ConfigError: bad config, or resuming with result-changing flags changed.
-      checkpoint.CheckpointError: the checkpoint to resume from is unusable.
+      ConfigError: bad config; a workdir that is a file, not writable, or on a
+        disk without room for a checkpoint; resuming with result-changing flags
+        changed. All before anything compiles.
+      checkpoint.CheckpointError: checkpoints exist but none is usable.
       Interrupted: SIGTERM/SIGINT; a checkpoint was written first.
       Diverged: NaN/inf in a loss or the parameters (nothing saved past the
         last good checkpoint).
@@ -99,9 +120,11 @@ def run(
     workdir = Path(workdir or config.workdir or default_workdir(config.env_name))
     config = config.replace(workdir=str(workdir))
     t_start = time.perf_counter()
+    check_workdir(workdir, builder.checkpoint_bytes(config))
+    warn = (lambda _: None) if quiet or not parallel.is_main_process() else warn_on_stderr
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     try:
-        resume_step = check_resume(config, checkpointer)
+        resumer = check_resume(config, checkpointer, warn)
         dlog.require_outputs(tensorboard=config.tensorboard, wandb_project=config.wandb_project)
         program = (program_factory or make_program)(config)
     except BaseException:
@@ -109,7 +132,7 @@ def run(
         raise
     try:
         loop = _Loop(config, workdir, program, checkpointer, quiet, t_start)
-        return loop.run(resume_step)
+        return loop.run(resumer)
     finally:
         program.close()
         checkpointer.close()
@@ -137,11 +160,14 @@ class _Loop:
         self.checkpoint_s.append(time.perf_counter() - t0)
         self.last_saved = env_steps
 
-    def start(self, resume_step: int | None):
-        """Restores or starts fresh; opens the metric writers."""
+    def start(self, resumer: Resumer) -> int | None:
+        """Restores the picked checkpoint (or an older one, if its arrays turn out
+        damaged) or starts fresh; opens the metric writers. Returns the env step
+        resumed from (None: a fresh start)."""
         config, workdir = self.config, self.workdir
+        resume_step = resumer.picked
         if resume_step is not None:
-            state, _ = self.checkpointer.restore(self.program.checkpoint_template(), resume_step)
+            state, resume_step = resumer.restore(self.program.checkpoint_template(), resume_step)
             self.program.restore(state, resume_step)
             self.last_saved = resume_step
         if self.is_main:
@@ -165,9 +191,10 @@ class _Loop:
             f"steps per seed on {self.program.where} -> {workdir} (compiled in "
             f"{self.program.compile_s:.1f}s{resumed})"
         )
+        return resume_step
 
-    def run(self, resume_step: int | None) -> dict:
-        self.start(resume_step)
+    def run(self, resumer: Resumer) -> dict:
+        resume_step = self.start(resumer)
         config, program = self.config, self.program
         schedule = program.schedule
         with SignalFlag() as signals:
@@ -231,7 +258,8 @@ class _Loop:
         record["wall_s"] = time.perf_counter() - self.t_start
         self.writer.write(record)
         sps_avg = self.steps_this_process * seeds / max(self.train_s, 1e-9)
-        self.progress.update(record, eta_s=(config.total_steps - env_steps) * seeds / sps_avg)
+        eta_s = max(config.total_steps - env_steps, 0) * seeds / sps_avg
+        self.progress.update(record, eta_s=eta_s)
         return env_steps
 
     def record(self, report: ChunkReport, sps: float) -> dict:
