@@ -8,6 +8,9 @@ so a process killed mid-write leaves no directory that looks finished;
 ``latest_step`` only ever sees complete checkpoints. Once orbax is done, dqnx
 adds ``dqnx_manifest.json``: the size and CRC-32 of every file of the
 checkpoint. Nothing is pickled: arrays are tensorstore files, metadata is JSON.
+The directory may be local or ``gs://...`` (paths are ``etils.epath``; on a
+bucket orbax marks a finished step with ``commit_success.txt`` instead of a
+rename, the manifest is one object write, and ``move_aside`` copies then deletes).
 
 A checkpoint is usable when every file its manifest lists is still there with
 its size and CRC-32, its metadata reads as a dqnx checkpoint's, and its arrays
@@ -28,11 +31,13 @@ import re
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+
+from dqnx import logging as dlog
 
 FORMAT = "dqnx-checkpoint-v1"
 MANIFEST = "dqnx_manifest.json"
@@ -55,9 +60,9 @@ class CheckpointDamaged(CheckpointError):
       problem: what is wrong, as the end of a sentence ("is corrupt (...)").
     """
 
-    def __init__(self, path: Path, problem: str):
+    def __init__(self, path: str | os.PathLike, problem: str):
         super().__init__(f"checkpoint {path} {problem}")
-        self.path, self.problem = Path(path), problem
+        self.path, self.problem = dlog.as_path(path), problem
 
 
 def _is_key(x) -> bool:
@@ -93,35 +98,41 @@ def _abstract(state):
     return jax.tree.map(spec, to_storable(state))
 
 
-def _file_crc(path: Path) -> tuple[int, int]:
+def _file_crc(path: epath.Path) -> tuple[int, int]:
     """``(size, CRC-32)`` of the file at ``path``."""
     crc, size = 0, 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while block := f.read(_BLOCK):
             crc, size = zlib.crc32(block, crc), size + len(block)
     return size, crc
 
 
-def _crcs(root: Path, names: list[str]) -> list[tuple[int, int]]:
+def _crcs(root: epath.Path, names: list[str]) -> list[tuple[int, int]]:
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda name: _file_crc(root / name), names))
 
 
-def write_manifest(path: Path) -> None:
+def _file_names(root: epath.Path) -> list[str]:
+    """The ``/``-separated names of every file under directory ``root``."""
+    names = []
+    for p in root.iterdir():
+        if p.is_dir():
+            names += [f"{p.name}/{name}" for name in _file_names(p)]
+        else:
+            names.append(p.name)
+    return names
+
+
+def write_manifest(path: str | os.PathLike) -> None:
     """Writes ``path/dqnx_manifest.json``: ``{file: [size, crc32]}`` of every file
-    under the checkpoint directory ``path`` (atomically: temporary file + rename)."""
-    names = sorted(
-        p.relative_to(path).as_posix()
-        for p in path.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp")
-    )
+    under the checkpoint directory ``path`` (atomically: see ``logging.replace_text``)."""
+    path = dlog.as_path(path)
+    names = sorted(n for n in _file_names(path) if n not in (MANIFEST, MANIFEST + ".tmp"))
     files = {name: list(sc) for name, sc in zip(names, _crcs(path, names), strict=True)}
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
-    os.replace(tmp, path / MANIFEST)
+    dlog.replace_text(path / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
-def check_files(path: Path) -> bool:
+def check_files(path: str | os.PathLike) -> bool:
     """Checks the files of checkpoint directory ``path`` against its manifest.
 
     Returns:
@@ -134,6 +145,7 @@ def check_files(path: Path) -> bool:
       CheckpointDamaged: a listed file is missing or differs, the manifest is
         unreadable, or (without a manifest) orbax's commit marker is missing.
     """
+    path = dlog.as_path(path)
     try:
         text = (path / MANIFEST).read_bytes()
     except FileNotFoundError:
@@ -172,7 +184,8 @@ class Checkpointer:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.directory = Path(directory).absolute()
+        directory = dlog.as_path(directory)
+        self.directory = directory if dlog.is_remote(directory) else directory.resolve()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -183,7 +196,7 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "meta")
         )
 
-    def path(self, step: int) -> Path:
+    def path(self, step: int) -> epath.Path:
         """The directory of checkpoint ``step``."""
         return self.directory / str(int(step))
 
@@ -197,7 +210,7 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def moved_aside(self) -> list[Path]:
+    def moved_aside(self) -> list[epath.Path]:
         """The checkpoint directories ``move_aside`` renamed, oldest step first."""
         if not self.directory.is_dir():
             return []
@@ -287,10 +300,12 @@ class Checkpointer:
             raise CheckpointDamaged(path, f"is corrupt ({_first_line(e)})") from None
         return from_storable(restored.state, like), meta
 
-    def move_aside(self, step: int, suffix: str = "corrupt") -> Path:
+    def move_aside(self, step: int, suffix: str = "corrupt") -> epath.Path:
         """Renames checkpoint ``step`` to ``<step>.<suffix>`` (``-2``, ``-3``, ... if
         taken), where orbax never lists it again; returns the new path. On several
-        processes, process 0 renames and the others wait for it.
+        processes, process 0 renames and the others wait for it. In a bucket the
+        rename is a copy then a delete (not atomic): a copy cut short is still
+        under a name orbax never lists, and the damaged step stays damaged.
 
         Raises:
           CheckpointError: the rename failed.
@@ -303,11 +318,14 @@ class Checkpointer:
             dst = self.directory / f"{step}.{suffix}-{n}"
         if jax.process_index() == 0:
             try:
-                os.rename(src, dst)
+                if dlog.is_remote(src):
+                    src.rename(dst)
+                else:
+                    os.rename(src, dst)
             except OSError as e:
                 raise CheckpointError(
-                    f"cannot move checkpoint {src} aside to {dst.name} ({e.strerror}); move or "
-                    "remove it by hand"
+                    f"cannot move checkpoint {src} aside to {dst.name} "
+                    f"({e.strerror or _first_line(e)}); move or remove it by hand"
                 ) from None
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

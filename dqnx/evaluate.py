@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dqnx.logging import as_path
+
 # Discrete-action gymnax envs that gymnax.visualize.Visualizer draws (gymnax 1.0).
 # For any other env it writes a GIF of blank frames, so dqnx refuses instead.
 RENDERABLE_ENVS = (
@@ -116,7 +118,7 @@ def _evaluate_loaded(run: _Loaded, workdir: Path) -> dict:
 
 def evaluate(workdir: str | Path, episodes: int = 100, epsilon: float = 0.0, step=None) -> dict:
     """Returns ``{"env_steps", "episodes", "epsilon", "return_per_seed", "return_mean"}``."""
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     config = _read_config(workdir).replace(eval_episodes=episodes, eval_epsilon=epsilon)
     return _evaluate_loaded(_load(workdir, _validate(config), step), workdir)
 
@@ -263,7 +265,7 @@ def render_gif(
 
     Returns ``{"path", "env_steps", "seed", "episode_length", "return", "frames", "ended"}``.
     """
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     config = _validate(_read_config(workdir).replace(eval_episodes=1))
     _check_gif_args(config, seed, max_steps)
     return _render_loaded(_load(workdir, config, step), path, seed, epsilon, max_steps)
@@ -289,7 +291,7 @@ def main(argv=None) -> int:
     from dqnx.checkpoint import CheckpointError
     from dqnx.errors import ConfigError
 
-    workdir = Path(args.workdir)
+    workdir = as_path(args.workdir)
     try:
         config = _validate(
             _read_config(workdir).replace(eval_episodes=args.episodes, eval_epsilon=args.epsilon)

@@ -5,21 +5,33 @@ One record per compiled chunk (a dict as ``shell.run`` builds it: ``env_steps``,
 ``loss``, ``epsilon``, ...) fans out through :class:`MetricWriters` to
 ``metrics.jsonl``, ``metrics.csv``, TensorBoard and optionally Weights & Biases;
 ``dqnx.progress`` shows it on the console.
+
+Every file under the workdir goes through :func:`as_path` (``etils.epath``), so
+``--workdir`` may be a local directory or ``gs://BUCKET/PATH`` (``pip install
+'dqnx[gcs]'``). Objects in a bucket cannot be appended to or renamed atomically,
+but an object write is atomic by itself: on a remote path (:func:`is_remote`) a
+file is replaced by writing it whole, and the append-only metric files are kept
+in memory and written whole after each record (they are small: one line per
+chunk). Local files keep temporary-file + rename and appends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import io
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from etils import epath
 
 from dqnx.errors import ConfigError
+
+_GCS = "gs://"
 
 
 def _clean(value):
@@ -35,28 +47,79 @@ def _clean(value):
     return value
 
 
-def write_json(path: Path, obj) -> None:
-    """Writes ``obj`` to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``etils.epath.Path``: a local path, or ``gs://...`` through gcsfs."""
+    return epath.Path(path)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for a path in an object store (``gs://...``): files there are written
+    whole, never appended to or renamed into place."""
+    return "://" in os.fspath(path)
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Replaces the file at ``path`` with ``text`` so that readers see the old or
+    the new file, never a part: locally a temporary file (fsynced) renamed over it;
+    remotely one object write, atomic by itself."""
+    path = as_path(path)
+    if is_remote(path):
+        path.write_bytes(text.encode())
+        return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_clean(obj), f, indent=2)
-        f.write("\n")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Writes ``obj`` to ``path`` atomically (see :func:`replace_text`)."""
+    replace_text(path, json.dumps(_clean(obj), indent=2) + "\n")
+
+
+class _Appender:
+    """Appends text to a file, flushed at every write so a crash loses nothing written.
+
+    Locally through a file opened for appending. Remotely (objects cannot be
+    appended to) the file's text is kept in memory and written whole at every
+    write: one atomic object write, so a reader never sees a cut line.
+    """
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+        self._remote = is_remote(path)
+        if self._remote:
+            self._text = path.read_bytes().decode() if path.exists() else ""
+        else:
+            self._f = open(path, "a", newline="")
+
+    def size(self) -> int:
+        return len(self._text) if self._remote else self._f.tell()
+
+    def write(self, text: str) -> None:
+        if self._remote:
+            self._text += text
+            self.path.write_bytes(self._text.encode())
+        else:
+            self._f.write(text)
+            self._f.flush()
+
+    def close(self) -> None:
+        if not self._remote:
+            self._f.close()
+
+
 class JsonlWriter:
     """Appends one JSON object per line and flushes it, so a crash loses nothing written."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._f = open(self.path, "a")
+    def __init__(self, path: str | os.PathLike):
+        self.path = as_path(path)
+        self._f = _Appender(self.path)
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(_clean(record)) + "\n")
-        self._f.flush()
 
     def close(self) -> None:
         self._f.close()
@@ -64,6 +127,22 @@ class JsonlWriter:
 
 class MissingDependencyError(ConfigError, ImportError):
     """An output that was asked for needs a package that is not installed."""
+
+
+def require_filesystem(workdir: str | os.PathLike) -> None:
+    """Fails early (before anything compiles) if ``workdir`` is in a bucket whose
+    filesystem package is missing.
+
+    Raises:
+      MissingDependencyError: ``gs://`` without ``gcsfs``, in one line.
+    """
+    if os.fspath(workdir).startswith(_GCS):
+        try:
+            importlib.import_module("gcsfs")
+        except ImportError:
+            raise MissingDependencyError(
+                f"--workdir={os.fspath(workdir)} needs the 'gcsfs' package: pip install 'dqnx[gcs]'"
+            ) from None
 
 
 def _import(module: str, purpose: str, package: str | None = None):
@@ -167,14 +246,14 @@ class CsvWriter:
         as records bring them).
     """
 
-    def __init__(self, path: Path, fieldnames: list[str] | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, fieldnames: list[str] | None = None):
+        self.path = as_path(path)
         self.fieldnames: list[str] = _read_header(self.path)
         declared = [n for n in fieldnames or () if n not in self.fieldnames]
-        self._f: IO[str] | None = None
+        self._f: _Appender | None = None
         if declared:
             self._extend(declared)
-        self._f = open(self.path, "a", newline="")
+        self._f = _Appender(self.path)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Appends one record as a row (flattened, missing columns left empty)."""
@@ -182,11 +261,9 @@ class CsvWriter:
         new = [name for name in row if name not in self.fieldnames]
         if new:
             self._extend(new)
-        writer = csv.writer(self._f)
-        if self._f.tell() == 0:
-            writer.writerow(self.fieldnames)
-        writer.writerow([_cell(row.get(name)) for name in self.fieldnames])
-        self._f.flush()
+        rows = [] if self._f.size() else [self.fieldnames]
+        rows.append([_cell(row.get(name)) for name in self.fieldnames])
+        self._f.write(_csv_text(rows))
 
     def _extend(self, new: list[str]) -> None:
         """Adds columns, rewriting the file (atomically) if it already has a header."""
@@ -195,16 +272,12 @@ class CsvWriter:
         old = self.fieldnames
         self.fieldnames = old + new
         if old:
-            with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))[1:]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(self.fieldnames)
-                writer.writerows(r + [""] * (len(self.fieldnames) - len(r)) for r in rows)
-            os.replace(tmp, self.path)
+            rows = _read_rows(self.path)[1:]
+            width = len(self.fieldnames)
+            padded = [r + [""] * (width - len(r)) for r in rows]
+            replace_text(self.path, _csv_text([self.fieldnames, *padded]))
         if self._f is not None:
-            self._f = open(self.path, "a", newline="")
+            self._f = _Appender(self.path)
 
     def close(self) -> None:
         if self._f is not None:
@@ -212,12 +285,23 @@ class CsvWriter:
             self._f = None
 
 
-def _read_header(path: Path) -> list[str]:
+def _csv_text(rows) -> str:
+    """``rows`` as CSV text, as ``csv.writer`` writes them."""
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
+
+
+def _read_rows(path: epath.Path) -> list[list[str]]:
+    """The rows of the CSV file at ``path``."""
+    return list(csv.reader(io.StringIO(path.read_bytes().decode(), newline="")))
+
+
+def _read_header(path: epath.Path) -> list[str]:
     """The first row of an existing CSV file, or ``[]``."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return next(csv.reader(f), [])
+    return next(iter(_read_rows(path)), [])
 
 
 class TensorBoardWriter:
@@ -228,7 +312,9 @@ class TensorBoardWriter:
     episode finished in a chunk) are left out rather than plotted.
 
     Args:
-      logdir: directory for the event files (created if missing).
+      logdir: directory for the event files (created if missing); may be
+        ``gs://...``: tensorboardX writes there itself through google-cloud-storage
+        (a dependency of gcsfs), uploading its event file whole at each flush.
       purge_step: when resuming, the first step written again: TensorBoard then
         hides events at or past it left over from before the restart.
 
@@ -236,9 +322,9 @@ class TensorBoardWriter:
       MissingDependencyError: ``tensorboardX`` is not installed.
     """
 
-    def __init__(self, logdir: Path, purge_step: int | None = None):
+    def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
         tensorboardx = _import("tensorboardX", "TensorBoard logging", "tensorboardX")
-        self.logdir = Path(logdir)
+        self.logdir = as_path(logdir)
         self._w = tensorboardx.SummaryWriter(str(self.logdir), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -271,7 +357,7 @@ class WandbWriter:
         project: str,
         config: Any = None,
         run_name: str | None = None,
-        directory: Path | None = None,
+        directory: str | os.PathLike | None = None,
     ):
         wandb = _import("wandb", f"Weights & Biases logging (wandb_project={project!r})")
         config = config.to_dict() if hasattr(config, "to_dict") else config
@@ -291,12 +377,13 @@ class WandbWriter:
         self._run.finish()
 
 
-def remove_outputs(workdir: Path) -> None:
+def remove_outputs(workdir: str | os.PathLike) -> None:
     """Deletes the metric outputs of an earlier run in ``workdir`` (for a fresh start)."""
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     for name in ("metrics.jsonl", "metrics.csv"):
         (workdir / name).unlink(missing_ok=True)
-    shutil.rmtree(workdir / "tensorboard", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (workdir / "tensorboard").rmtree(missing_ok=True)
 
 
 class MetricWriters:
@@ -324,7 +411,7 @@ class MetricWriters:
 
     def __init__(
         self,
-        workdir: Path,
+        workdir: str | os.PathLike,
         *,
         tensorboard: bool = True,
         wandb_project: str = "",
@@ -337,7 +424,7 @@ class MetricWriters:
         if not is_main_process:
             return
         require_outputs(tensorboard=tensorboard, wandb_project=wandb_project)
-        workdir = Path(workdir)
+        workdir = as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         purge = None if resume_step is None else int(resume_step) + 1
         opens = [
@@ -347,8 +434,9 @@ class MetricWriters:
         if tensorboard:
             opens.append(lambda: TensorBoardWriter(workdir / "tensorboard", purge_step=purge))
         if wandb_project:
-            name = run_name or workdir.resolve().name
-            opens.append(lambda: WandbWriter(wandb_project, config, name, workdir))
+            name = run_name or (workdir if is_remote(workdir) else workdir.resolve()).name
+            local = None if is_remote(workdir) else workdir  # W&B keeps its files locally
+            opens.append(lambda: WandbWriter(wandb_project, config, name, local))
         try:
             for open_writer in opens:
                 self._writers.append(open_writer())

@@ -4,7 +4,9 @@
       [--metric eval_return] [--out curves.png] [--table final.md]
 
 Each DIR is a run directory holding ``metrics.jsonl`` (and ``config.json``, for
-the default label). The plot shows env steps per seed (x) against the metric
+the default label), or several joined by ``+`` (``runs/s0+runs/s1+runs/s2``):
+their seeds pooled into one curve, as for host-actor runs, one process per seed.
+The plot shows env steps per seed (x) against the metric
 (y): the mean over seeds as a line and a 95% bootstrap confidence band over
 seeds. The table gives, per run, the metric at its last logged step: mean over
 seeds, interquartile mean (IQM; Agarwal et al., 2021, "Deep Reinforcement
@@ -191,6 +193,23 @@ def load_curve(run_dir: Path, metric: str = "eval_return", label: str | None = N
     return Curve(label or default_label(run_dir), steps, values)
 
 
+def load_pooled(spec: str, metric: str = "eval_return", label: str | None = None) -> Curve:
+    """A curve of ``DIR`` or of ``DIR+DIR+...`` (seeds pooled, on the steps all share).
+
+    Raises:
+      ValueError: as ``load_curve``, or pooled runs that share no logged step.
+    """
+    parts = [Path(p) for p in str(spec).split("+")]
+    curves = [load_curve(p, metric) for p in parts]
+    steps = curves[0].steps
+    for c in curves[1:]:
+        steps = np.intersect1d(steps, c.steps)
+    if steps.size == 0:
+        raise ValueError(f"{spec}: the pooled runs share no logged env step")
+    values = np.concatenate([c.values[np.searchsorted(c.steps, steps)] for c in curves], axis=1)
+    return Curve(label or curves[0].label, steps, values)
+
+
 def default_label(run_dir: Path) -> str:
     """The run directory's name, preceded by the env name if the name lacks it."""
     run_dir = Path(run_dir)
@@ -258,7 +277,7 @@ def plot_curves(curves: list[Curve], out: Path, *, metric: str, title: str = "")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("dirs", nargs="+", help="run directories (DIR+DIR+... pools seeds)")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     parser.add_argument("--labels", default="", help="comma-separated legend labels")
     parser.add_argument("--metric", default="eval_return", help="per-seed metric to plot")
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         curves = [
-            load_curve(d, args.metric, labels[i] if labels else None)
+            load_pooled(d, args.metric, labels[i] if labels else None)
             for i, d in enumerate(args.dirs)
         ]
     except ValueError as e:

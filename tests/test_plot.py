@@ -141,3 +141,17 @@ def test_main_reports_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 labels for 1 runs" in err and "has no metrics.jsonl" in err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_pooled_runs_join_their_seeds(tmp_path):
+    import json as _json
+
+    for name, value in (("s0", 1.0), ("s1", 3.0)):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"env_steps": s, "eval_return": [value * s]} for s in (10, 20)]
+        lines.insert(1, {"env_steps": 15, "train_return": [0.0]})
+        (d / "metrics.jsonl").write_text("".join(_json.dumps(x) + "\n" for x in lines))
+    curve = plot.load_pooled(f"{tmp_path / 's0'}+{tmp_path / 's1'}", label="both")
+    assert curve.label == "both" and curve.steps.tolist() == [10, 20]
+    assert curve.values.tolist() == [[10.0, 30.0], [20.0, 60.0]]

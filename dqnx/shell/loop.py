@@ -13,9 +13,9 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from dqnx import builder, parallel
 from dqnx import checkpoint as ckpt_lib
@@ -100,14 +100,15 @@ def run(
 
     Args:
       config: the run's configuration (validated here).
-      workdir: output directory (default: ``config.workdir`` or a new one).
+      workdir: output directory (default: ``config.workdir`` or a new one): a
+        local path or ``gs://BUCKET/PATH`` (``pip install 'dqnx[gcs]'``).
       quiet: no console output.
       program_factory: builds the ``Program`` (default: ``make_program``).
 
     Raises:
       ConfigError: bad config; a workdir that is a file, not writable, or on a
-        disk without room for a checkpoint; resuming with result-changing flags
-        changed. All before anything compiles.
+        disk without room for a checkpoint; ``gs://`` without gcsfs; resuming with
+        result-changing flags changed. All before anything compiles.
       checkpoint.CheckpointError: checkpoints exist but none is usable.
       Interrupted: SIGTERM/SIGINT; a checkpoint was written first.
       Diverged: NaN/inf in a loss or the parameters (nothing saved past the
@@ -117,9 +118,10 @@ def run(
     Returns the summary dict.
     """
     config = builder.validate(config)
-    workdir = Path(workdir or config.workdir or default_workdir(config.env_name))
+    workdir = dlog.as_path(workdir or config.workdir or default_workdir(config.env_name))
     config = config.replace(workdir=str(workdir))
     t_start = time.perf_counter()
+    dlog.require_filesystem(workdir)
     check_workdir(workdir, builder.checkpoint_bytes(config))
     warn = (lambda _: None) if quiet or not parallel.is_main_process() else warn_on_stderr
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
@@ -141,7 +143,7 @@ def run(
 class _Loop:
     """One run's host-side state between chunks."""
 
-    def __init__(self, config, workdir: Path, program: Program, checkpointer, quiet, t_start):
+    def __init__(self, config, workdir: epath.Path, program: Program, checkpointer, quiet, t_start):
         self.config, self.workdir, self.program = config, workdir, program
         self.checkpointer, self.t_start = checkpointer, t_start
         self.is_main = parallel.is_main_process()

@@ -8,9 +8,9 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from dqnx import logging as dlog
 from dqnx import parallel
 from dqnx.checkpoint import CheckpointDamaged, Checkpointer, CheckpointError
 from dqnx.errors import ConfigError
@@ -23,7 +23,7 @@ def _size(num_bytes: float) -> str:
     return f"{int(num_bytes)} bytes"
 
 
-def _exists(path: Path, flag: str) -> bool:
+def _exists(path: os.PathLike, flag: str) -> bool:
     try:
         path.stat()
         return True
@@ -39,13 +39,22 @@ def check_workdir(workdir: str | os.PathLike, checkpoint_bytes: int) -> None:
     Every existing part of the path must be a directory (``checkpoints/`` too,
     if there), the workdir (or the nearest existing parent it will be created
     in) must be writable, and that directory's disk must have room for one more
-    checkpoint of ``checkpoint_bytes``.
+    checkpoint of ``checkpoint_bytes``. In a bucket (``gs://...``) only the
+    first holds: the workdir and ``checkpoints/`` must not be files; permissions
+    show at the first write, and a bucket has no disk to fill.
 
     Raises:
       ConfigError: one line naming the path and what is wrong.
     """
     flag = f"--workdir={workdir}"
-    path = Path(workdir)
+    if dlog.is_remote(workdir):
+        remote = dlog.as_path(workdir)
+        for part in (remote, remote / "checkpoints"):
+            if part.exists() and not part.is_dir():
+                where = flag if part == remote else f"{flag}: {part}"
+                raise ConfigError(f"{where} is a file, not a directory")
+        return
+    path = dlog.as_path(workdir)
     existing = path
     while not _exists(existing, flag) and existing.parent != existing:
         existing = existing.parent  # up to "." or "/" at the latest
@@ -73,7 +82,7 @@ def check_workdir(workdir: str | os.PathLike, checkpoint_bytes: int) -> None:
         )
 
 
-def _agreed(path: Path, fn: Callable[[], Any]) -> Any:
+def _agreed(path: os.PathLike, fn: Callable[[], Any]) -> Any:
     """``fn()`` on every process; a ``CheckpointDamaged`` on any process is raised on all."""
     try:
         result, error = fn(), None
@@ -230,22 +239,23 @@ class Resumer:
 def truncate_metrics(workdir, env_steps: int) -> None:
     """Drops metric lines/rows past ``env_steps`` (resuming re-creates them)."""
     import csv
+    import io
     import json
 
+    workdir = dlog.as_path(workdir)
     path = workdir / "metrics.jsonl"
     if path.exists():
         keep = []
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().decode().splitlines():
             try:
                 if json.loads(line)["env_steps"] <= env_steps:
                     keep.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash ends the readable part
-        path.write_text("".join(keep))
+        dlog.replace_text(path, "".join(keep))
     path = workdir / "metrics.csv"
     if path.exists():
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(io.StringIO(path.read_bytes().decode(), newline="")))
         if rows:
             col = rows[0].index("env_steps") if "env_steps" in rows[0] else 0
             body = []
@@ -255,5 +265,6 @@ def truncate_metrics(workdir, env_steps: int) -> None:
                         body.append(r)
                 except ValueError:
                     pass
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows([rows[0], *body])
+            text = io.StringIO()
+            csv.writer(text).writerows([rows[0], *body])
+            dlog.replace_text(path, text.getvalue())

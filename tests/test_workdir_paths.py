@@ -1,0 +1,98 @@
+"""A run whose workdir is in a bucket (``gs://``), through the same code path on a
+local directory: ``dqnx.logging.is_remote`` forced true makes every file a whole-file
+write (no appends, no temporary file + rename), as on Cloud Storage."""
+
+import json
+
+import pytest
+from etils import epath
+
+import dqnx
+from dqnx import logging as dlog
+from dqnx import shell
+from dqnx.errors import ConfigError
+
+TINY = dqnx.Config(
+    env_name="CartPole-v1",
+    num_seeds=1,
+    num_envs=4,
+    buffer_size=500,
+    batch_size=16,
+    hidden_sizes=(8,),
+    learning_starts=32,
+    total_steps=800,
+    log_every=200,
+    checkpoint_every=400,
+    eval_every=800,
+    eval_episodes=1,
+    tensorboard=False,
+)
+
+
+@pytest.fixture(scope="module")
+def local_digest(tmp_path_factory):
+    return shell.run(TINY, tmp_path_factory.mktemp("local"), quiet=True)["params_digest"]
+
+
+def test_remote_branch_writes_whole_files_and_resumes_bit_exact(
+    tmp_path, monkeypatch, local_digest
+):
+    remote = []
+    monkeypatch.setattr(dlog, "is_remote", lambda path: remote.append(str(path)) or True)
+    monkeypatch.setattr(dlog, "_Appender", _NoAppend(dlog._Appender))
+    workdir = epath.Path(tmp_path) / "run"
+    part = shell.run(TINY.replace(total_steps=400), workdir, quiet=True)
+    assert part["params_digest"] != local_digest
+    resumed = shell.run(TINY, workdir, quiet=True)
+    assert resumed["resumed_from"] == 400
+    assert resumed["params_digest"] == local_digest
+    assert any(p.endswith("metrics.jsonl") for p in remote)  # the remote branch was taken
+
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["env_steps"] for x in lines]
+    assert steps == sorted(set(steps)) and 400 in steps and steps[-1] == 800
+    rows = (workdir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("env_steps,")
+    assert [int(r.split(",")[0]) for r in rows[1:]] == steps
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["params_digest"] == local_digest and summary["resumed_from"] == 400
+    assert json.loads((workdir / "config.json").read_text())["total_steps"] == 800
+    ckpts = workdir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["400", "800"]
+    manifest = json.loads((ckpts / "800" / "dqnx_manifest.json").read_text())
+    assert manifest["format"] == "dqnx-checkpoint-v1" and len(manifest["files"]) > 3
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file + rename
+
+
+class _NoAppend:
+    """Wraps ``_Appender`` so that any local append (``open(..., "a")``) fails the test."""
+
+    def __init__(self, cls):
+        self.cls = cls
+
+    def __call__(self, path):
+        appender = self.cls(path)
+        assert appender._remote, f"{path} was opened for appending"
+        return appender
+
+
+def test_gs_workdir_without_gcsfs_is_one_line_error(monkeypatch):
+    real = dlog.importlib.import_module
+
+    def no_gcsfs(name, *args):
+        if name == "gcsfs":
+            raise ImportError("No module named 'gcsfs'")
+        return real(name, *args)
+
+    monkeypatch.setattr(dlog.importlib, "import_module", no_gcsfs)
+    with pytest.raises(ConfigError) as e:
+        shell.run(TINY, "gs://bucket/run", quiet=True)
+    assert str(e.value) == (
+        "--workdir=gs://bucket/run needs the 'gcsfs' package: pip install 'dqnx[gcs]'"
+    )
+
+
+def test_is_remote_and_gs_paths():
+    assert dlog.is_remote("gs://bucket/run") and not dlog.is_remote("runs/x")
+    path = dlog.as_path("gs://bucket/run") / "checkpoints"
+    assert str(path) == "gs://bucket/run/checkpoints" and path.name == "checkpoints"
