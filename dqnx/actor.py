@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dqnx import parallel
+from dqnx import networks, parallel
 from dqnx.envs import Env
 from dqnx.exploration import epsilon_greedy
 from dqnx.nstep import RolloutStep
@@ -46,33 +46,44 @@ def episode_stats(steps) -> EpisodeStats:
     )
 
 
-def select_actions(network: nn.Module, num_actions: int, params, obs, epsilon, key) -> jax.Array:
+def select_actions(
+    network: nn.Module, num_actions: int, params, obs, epsilon, key, *, deterministic=False
+) -> jax.Array:
     """Epsilon-greedy actions ``[N]`` for observations ``obs [N, ...]``.
 
     ``params=None`` acts uniformly at random without evaluating the network;
     ``epsilon`` given as the Python number 0 takes the greedy actions without
     drawing random numbers; otherwise ``epsilon`` is a scalar or ``[N]``.
+    Q-values come from ``networks.q_values``: a network that draws random numbers
+    (noisy layers, IQN's fractions) draws them from a split of ``key``;
+    ``deterministic`` makes noisy layers use their means (greedy evaluation).
     """
     if params is None:
         return jax.random.randint(key, (obs.shape[0],), 0, num_actions, jnp.int32)
-    q = network.apply(params, obs)  # [N, A]
+    k_net = None
+    if networks.head_of(network).needs_key(deterministic):
+        key, k_net = jax.random.split(key)
+    q = networks.q_values(network, params, obs, k_net, deterministic=deterministic)  # [N, A]
     if isinstance(epsilon, (int, float)) and epsilon == 0:
         return jnp.argmax(q, axis=-1).astype(jnp.int32)
     return epsilon_greedy(key, q, epsilon)
 
 
-def make_policy_step(env: Env, network: nn.Module):
+def make_policy_step(env: Env, network: nn.Module, *, deterministic: bool = False):
     """The one acting step every compiled loop uses (training, evaluation, GIFs):
 
     ``policy_step(params, obs [N], env_state [N], epsilon, k_act, env_keys [N])
-    -> (env_state, envs.Step [N], action [N])``: actions from ``select_actions``,
-    then each environment steps with its own key.
+    -> (env_state, envs.Step [N], action [N])``: actions from ``select_actions``
+    (``deterministic``: noisy layers use their means), then each environment
+    steps with its own key.
     """
     batch_step = jax.vmap(env.step)
     num_actions = env.spec.num_actions
 
     def policy_step(params, obs, env_state, epsilon, k_act, env_keys):
-        action = select_actions(network, num_actions, params, obs, epsilon, k_act)
+        action = select_actions(
+            network, num_actions, params, obs, epsilon, k_act, deterministic=deterministic
+        )
         env_state, step = batch_step(env_keys, env_state, action)
         return env_state, step, action
 
@@ -133,10 +144,10 @@ def make_evaluator(env: Env, network: nn.Module, num_episodes: int, epsilon: flo
 
     Plays ``num_episodes`` episodes in parallel from fresh resets until each has
     ended once (or the environment's step limit has passed) and returns each
-    one's undiscounted return. Pure and jittable.
+    one's undiscounted return. Noisy layers use their means. Pure and jittable.
     """
     batch_reset = jax.vmap(env.reset)
-    policy_step = make_policy_step(env, network)
+    policy_step = make_policy_step(env, network, deterministic=True)
     limit = env.spec.max_episode_steps + 1
 
     def evaluate(params, key):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx import envs, exploration, learner, networks, parallel, prioritized, replay
+from dqnx import envs, exploration, learner, networks, objectives, parallel, prioritized, replay
 from dqnx.config import Config
 from dqnx.errors import ConfigError
 
@@ -61,10 +61,33 @@ def make_env(config: Config) -> envs.Env:
     return envs.make(config.env_name)
 
 
+HEAD_OF_LEARNER = {"dqn": "q", "c51": "categorical", "qr": "quantile", "iqn": "iqn"}
+
+
+def make_head(config: Config) -> networks.Head:
+    """The network head ``config.learner`` and ``config.noisy`` call for."""
+    return networks.Head(
+        kind=HEAD_OF_LEARNER[config.learner],
+        noisy=config.noisy,
+        sigma0=config.noisy_sigma0,
+        num_atoms=config.num_atoms,
+        v_min=config.v_min,
+        v_max=config.v_max,
+        num_quantiles=config.num_quantiles,
+        num_quantile_samples=config.num_quantile_samples,
+    )
+
+
 def make_network(config: Config, obs_shape: tuple[int, ...], num_actions: int):
-    """The Q-network ``config.network`` names, for this observation shape."""
+    """The Q-network ``config.network`` names, for this observation shape, ending in
+    the head of ``config.learner`` (``make_head``)."""
     return networks.make_q_network(
-        config.network, obs_shape, num_actions, config.hidden_sizes, config.dueling
+        config.network,
+        obs_shape,
+        num_actions,
+        config.hidden_sizes,
+        config.dueling,
+        head=make_head(config),
     )
 
 
@@ -80,6 +103,11 @@ def make_optimizer(config: Config):
 
 def make_learner(config: Config, network, axis_name: str | None = None) -> learner.Learner:
     """The learner ``config`` describes, averaging gradients over ``axis_name``."""
+    munchausen = None
+    if config.munchausen:
+        munchausen = objectives.Munchausen(
+            config.munchausen_tau, config.munchausen_alpha, config.munchausen_l0
+        )
     return learner.make_learner(
         network,
         make_optimizer(config),
@@ -90,6 +118,9 @@ def make_learner(config: Config, network, axis_name: str | None = None) -> learn
         target_update_period=config.target_update_period,
         tau=config.tau,
         axis_name=axis_name,
+        num_tau_samples=config.num_tau_samples,
+        num_tau_prime_samples=config.num_tau_prime_samples,
+        munchausen=munchausen,
     )
 
 
@@ -100,6 +131,31 @@ def make_buffer(config: Config, capacity: int, add_batch_size: int):
             capacity, add_batch_size=add_batch_size, priority_exponent=config.priority_exponent
         )
     return replay.uniform_replay(capacity, add_batch_size=add_batch_size)
+
+
+def frame_rows(config: Config, num_groups: int, envs_per_group: int) -> int:
+    """Ring rows per stream group of a frame replay of ``config.buffer_size``
+    transitions (a multiple of ``rollout_steps``, so writes never wrap)."""
+    rows = config.buffer_size // (num_groups * envs_per_group)
+    return rows - rows % config.rollout_steps
+
+
+def make_frame_buffer(config: Config, num_groups: int, envs_per_group: int):
+    """Frame-deduplicated replay (uniform or prioritized) for ``num_groups`` actor
+    threads of ``envs_per_group`` environments each."""
+    from dqnx import frame_replay
+
+    kwargs = dict(
+        n_step=config.n_step,
+        gamma=config.gamma,
+        block_size=config.rollout_steps,
+    )
+    rows = frame_rows(config, num_groups, envs_per_group)
+    if config.prioritized:
+        return frame_replay.prioritized_frame_replay(
+            num_groups, envs_per_group, rows, priority_exponent=config.priority_exponent, **kwargs
+        )
+    return frame_replay.frame_replay(num_groups, envs_per_group, rows, **kwargs)
 
 
 def replay_seed_axes(config: Config):
@@ -118,6 +174,31 @@ def replay_bytes(config: Config, obs_shape, obs_dtype) -> int:
     """Device bytes of all seeds' replay buffers (obs, next_obs, action, reward, done)."""
     obs = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
     return config.num_seeds * config.buffer_size * (2 * obs + 4 + 4 + 1)
+
+
+def checkpoint_bytes(config: Config) -> int:
+    """Bytes one checkpoint of a run of ``config`` holds before compression,
+    estimated before anything compiles: all seeds' replay buffers
+    (``replay_bytes``, plus the sum tree of prioritized replay), the parameters
+    four times (online, target and Adam's two moments), the environments'
+    observations with their n-step windows, and 1 MiB for orbax's metadata files."""
+    if uses_host_actors(config):
+        from dqnx import host_envs
+
+        spec = host_envs.host_env_spec(config.env_name, **host_env_options(config))
+    else:
+        spec = make_env(config).spec
+    obs_shape = tuple(spec.obs_shape)
+    network = make_network(config, obs_shape, spec.num_actions)
+    example = jax.ShapeDtypeStruct((1, *obs_shape), spec.obs_dtype)
+    shapes = jax.eval_shape(network.init, jax.random.key(0), example)
+    params = sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
+    obs = int(np.prod(obs_shape)) * np.dtype(spec.obs_dtype).itemsize
+    priorities = 2 * config.buffer_size * 4 if config.prioritized else 0
+    env_states = config.num_envs * (config.n_step + 1) * obs
+    per_seed = 4 * params + priorities + env_states
+    replay = replay_bytes(config, obs_shape, spec.obs_dtype)
+    return replay + config.num_seeds * per_seed + 2**20
 
 
 def device_memory_bytes() -> int | None:
@@ -201,6 +282,13 @@ def _validate_host(config: Config) -> None:
     from dqnx import host_envs
 
     host_envs.check_host_env_name(config.env_name)
+    if config.learner != "dqn" or config.noisy:
+        raise ConfigError(
+            f"--learner={config.learner}"
+            + (" --noisy" if config.noisy else "")
+            + ": host actors act on plain Q-values only so far; train it on a gymnax "
+            "environment (e.g. Breakout-MinAtar)"
+        )
     if config.num_seeds != 1:
         raise ConfigError(
             f"--num_seeds={config.num_seeds}: host actors train one seed per process (each "
@@ -216,7 +304,34 @@ def _validate_host(config: Config) -> None:
             f"(--actor_threads={config.actor_threads} x {len(actor_devices)} actor device(s))"
         )
     spec = host_envs.host_env_spec(config.env_name, **host_env_options(config))
+    if config.frame_replay:
+        _check_frame_replay(config, spec, threads)
+        return
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
+
+
+def _check_frame_replay(config: Config, spec, threads: int) -> None:
+    shape = spec.obs_shape
+    if len(shape) != 3 or np.dtype(spec.obs_dtype) != np.uint8 or shape[0] > 16:
+        raise ConfigError(
+            f"--frame_replay needs stacked uint8 frames [stack, H, W]; {config.env_name} "
+            f"shows {np.dtype(spec.obs_dtype).name}{list(shape)}"
+        )
+    if config.learner_devices > 1:
+        raise ConfigError("--frame_replay runs the learner on one device (--learner_devices=1)")
+    rows = frame_rows(config, threads, config.num_envs // threads)
+    if rows < config.n_step + shape[0] + config.rollout_steps:
+        raise ConfigError(
+            f"--buffer_size={config.buffer_size} leaves {rows} ring rows per actor thread; "
+            f"frame replay needs at least {config.n_step + shape[0] + config.rollout_steps}"
+        )
+    need = config.buffer_size * (shape[1] * shape[2] * 1.07 + 32)
+    have = device_memory_bytes()
+    if have and need > 0.8 * have:
+        raise ConfigError(
+            f"the frame replay needs {need / 2**30:.1f} GiB (--buffer_size="
+            f"{config.buffer_size}) but the devices have {have / 2**30:.1f} GiB"
+        )
 
 
 def validate(config: Config) -> Config:

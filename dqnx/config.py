@@ -21,6 +21,7 @@ from dqnx.errors import ConfigError, suggest
 __all__ = ["Config", "ConfigError", "suggest"]
 
 LOSSES = ("huber", "mse")
+LEARNERS = ("dqn", "c51", "qr", "iqn")
 
 
 def neutral(default):
@@ -69,6 +70,35 @@ class Config:
       network: "mlp", "minatar_cnn" or "auto" (CNN for image observations).
       hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
       dueling: dueling value/advantage head (Wang et al., 2016).
+      learner: "dqn" (Q-values, a TD loss), "c51" (categorical return
+        distribution, Bellemare et al., 2017), "qr" (QR-DQN quantiles, Dabney et
+        al., 2018a) or "iqn" (implicit quantiles, Dabney et al., 2018b). Prioritized
+        replay takes each learner's own per-example signal: |TD error| (dqn), the
+        cross-entropy (c51), the quantile loss (qr, iqn). --double_q picks the next
+        action with the online network for every learner; --loss applies to dqn
+        only; qr and iqn use the quantile Huber loss with kappa = huber_delta.
+      num_atoms: c51: atoms of the fixed support.
+      v_min: c51: lowest atom of the support.
+      v_max: c51: highest atom of the support.
+      num_quantiles: qr: quantiles per action (N).
+      num_tau_samples: iqn: fractions sampled per example for the online
+        network's quantiles in the loss (N).
+      num_tau_prime_samples: iqn: fractions sampled per example for the target
+        network's quantiles in the loss (N').
+      num_quantile_samples: iqn: fractions sampled per observation to estimate
+        Q-values for acting and for picking the next action (K).
+      munchausen: Munchausen targets (Vieillard et al., 2020) for --learner=dqn
+        (M-DQN) or iqn (M-IQN): a scaled log-policy bonus and a soft value, under
+        the target network's softmax policy; --double_q does not apply.
+      munchausen_tau: Munchausen: softmax temperature (entropy scale), > 0.
+      munchausen_alpha: Munchausen: scale of the log-policy bonus.
+      munchausen_l0: Munchausen: lower clip of the bonus tau * log pi, <= 0.
+      noisy: noisy nets (Fortunato et al., 2018): the head's layers add learned
+        factorised Gaussian noise, drawn afresh per learner update (online and
+        target passes apart) and per acting step; greedy evaluation uses the
+        means. Exploration can then be left to the noise (--epsilon_start=0
+        --epsilon_end=0).
+      noisy_sigma0: noisy nets: initial noise scale (sigma starts at sigma0/sqrt(fan_in)).
       n_step: rewards summed per target (n-step returns; 1 = one-step TD). The
         window stops at episode ends; a time limit inside it bootstraps.
       prioritized: proportional prioritized replay (Schaul et al., 2016).
@@ -90,6 +120,9 @@ class Config:
         over (0 = every device not running actors, or the one device there is).
       clip_rewards: clip rewards to [-1, 1] for the learner's targets (logged
         returns stay unclipped); host actors only.
+      frame_replay: host actors with stacked-frame observations (Atari): replay
+        stores each step's newest frame once and rebuilds the stacks and the
+        n-step returns when sampling (``dqnx.frame_replay``).
       queue_size: host actors: transition batches the queue between actors and
         learner holds; full, it makes the actors wait (back-pressure).
       epsilon_start: exploration rate at step 0.
@@ -101,6 +134,9 @@ class Config:
       log_every: env steps per compiled chunk (one log line per chunk).
       checkpoint_every: env steps between checkpoints (0 = only at the end).
       keep_checkpoints: how many recent checkpoints to keep.
+      restore_step: resume from the checkpoint of this env step instead of the
+        newest usable one (-1); newer checkpoints are moved aside
+        (``<step>.skipped``). A rerun that keeps the flag goes back to it again.
       workdir: output directory ("" = runs/<env>-<timestamp>); a workdir holding a
         checkpoint is resumed from it.
       allow_config_change: resume even if result-changing flags differ from the
@@ -139,6 +175,20 @@ class Config:
     network: str = "auto"
     hidden_sizes: tuple[int, ...] = (128, 128)
     dueling: bool = False
+    learner: Literal["dqn", "c51", "qr", "iqn"] = "dqn"
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    num_quantiles: int = 200
+    num_tau_samples: int = 64
+    num_tau_prime_samples: int = 64
+    num_quantile_samples: int = 32
+    munchausen: bool = False
+    munchausen_tau: float = 0.03
+    munchausen_alpha: float = 0.9
+    munchausen_l0: float = -1.0
+    noisy: bool = False
+    noisy_sigma0: float = 0.5
     n_step: int = 1
     prioritized: bool = False
     priority_exponent: float = 0.6
@@ -152,6 +202,7 @@ class Config:
     learner_devices: int = neutral(0)
     queue_size: int = neutral(8)
     clip_rewards: bool = False
+    frame_replay: bool = False
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 100_000
@@ -161,6 +212,7 @@ class Config:
     log_every: int = neutral(25_000)
     checkpoint_every: int = neutral(100_000)
     keep_checkpoints: int = neutral(2)
+    restore_step: int = neutral(-1)
     workdir: str = neutral("")
     allow_config_change: bool = neutral(False)
     tensorboard: bool = neutral(True)
@@ -278,6 +330,10 @@ class Config:
             "actor_sync_period",
             "actor_threads",
             "queue_size",
+            "num_quantiles",
+            "num_tau_samples",
+            "num_tau_prime_samples",
+            "num_quantile_samples",
         )
         for name in positive:
             value = getattr(self, name)
@@ -334,6 +390,22 @@ class Config:
                 fail(f"--env_options takes KEY=VALUE items, got {option!r}")
         if self.loss not in LOSSES:
             fail(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.learner not in LEARNERS:
+            fail(f"--learner must be one of {LEARNERS}, got {self.learner!r}")
+        if not isinstance(self.num_atoms, int) or self.num_atoms < 2:
+            fail(f"--num_atoms must be an integer >= 2, got {self.num_atoms!r}")
+        if not self.v_min < self.v_max:
+            fail(f"--v_min must be < --v_max, got {self.v_min} and {self.v_max}")
+        if self.munchausen and self.learner not in ("dqn", "iqn"):
+            fail(f"--munchausen applies to --learner=dqn or iqn, not {self.learner!r}")
+        if not self.munchausen_tau > 0:
+            fail(f"--munchausen_tau must be > 0, got {self.munchausen_tau}")
+        if not self.munchausen_alpha >= 0:
+            fail(f"--munchausen_alpha must be >= 0, got {self.munchausen_alpha}")
+        if not self.munchausen_l0 <= 0:
+            fail(f"--munchausen_l0 must be <= 0, got {self.munchausen_l0}")
+        if not self.noisy_sigma0 > 0:
+            fail(f"--noisy_sigma0 must be > 0 (--nonoisy for no noise), got {self.noisy_sigma0}")
         if self.network not in NETWORKS:
             fail(f"--network must be one of {NETWORKS}, got {self.network!r}")
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):

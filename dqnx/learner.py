@@ -1,4 +1,7 @@
-"""The DQN learner: TD loss -> gradients (-> pmean) -> optax -> target refresh.
+"""The learner: loss -> gradients (-> pmean) -> optax -> target refresh.
+
+One learner for the DQN family: the loss (DQN, C51, QR-DQN, IQN, Munchausen)
+comes from ``objectives`` according to the network's head; the rest is shared.
 
 ``make_learner`` closes over the network, optimizer and hyperparameters and
 returns ``Learner(init, update)`` of pure functions, in the style of optax.
@@ -15,17 +18,18 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from dqnx import losses
+from dqnx import networks, objectives, parallel
 from dqnx.types import LearnerState, Transition
 
 
 class Learner(NamedTuple):
     """``init(key, obs_example[B, ...]) -> LearnerState``;
     ``update(state, batch: Transition[B]) -> (state, metrics)``;
-    ``update_weighted(state, batch, weights[B]) -> (state, metrics, td[B])``: the
-    loss weighted per transition (importance sampling), TD errors returned (new
-    priorities). A batch with a ``discount`` field (n-step transitions) uses it
-    instead of ``gamma * (1 - terminated)``."""
+    ``update_weighted(state, batch, weights[B]) -> (state, metrics, priority[B])``:
+    the loss weighted per transition (importance sampling), and each transition's
+    new priority for prioritized replay (``|TD error|`` for DQN, the example's own
+    loss for C51, QR-DQN and IQN; see ``objectives``). A batch with a ``discount``
+    field (n-step transitions) uses it instead of ``gamma * (1 - terminated)``."""
 
     init: Callable[[jax.Array, jax.Array], LearnerState]
     update: Callable[[LearnerState, Transition], tuple[LearnerState, dict]]
@@ -59,37 +63,53 @@ def make_learner(
     target_update_period: int = 1,
     tau: float = 1.0,
     axis_name: str | None = None,
+    num_tau_samples: int = 64,
+    num_tau_prime_samples: int = 64,
+    munchausen: objectives.Munchausen | None = None,
 ) -> Learner:
-    """Builds the (Double) DQN learner.
+    """Builds the learner of ``network``'s head: (Double) DQN, C51, QR-DQN or IQN,
+    optionally Munchausen (``objectives.make_objective`` holds the losses).
 
-    Target: r + gamma * (1 - terminated) * Q_target(s', a*), with
+    DQN target: r + gamma * (1 - terminated) * Q_target(s', a*), with
     a* = argmax_a Q_online(s', a) for Double DQN (van Hasselt et al., 2016)
     or a* = argmax_a Q_target(s', a) for vanilla DQN (Mnih et al., 2015).
 
+    A network that draws random numbers (a noisy head, IQN's fractions) gets a
+    key kept in ``LearnerState.key``: update ``k`` draws from ``fold_in(key, k)``
+    (and, over a data axis, each shard from its own fold of that), so a run is
+    deterministic and resumes exactly; seeds differ by their init keys.
+
     Args:
-      network: flax module mapping [B, *obs] to Q-values [B, A].
+      network: flax module mapping [B, *obs] to its head's output (Q-values
+        [B, A] for any module without a ``networks.Head``).
       optimizer: optax transformation applied to the (averaged) gradients.
       gamma: discount factor.
-      double_q: Double DQN target; False gives the vanilla max target.
-      loss: "huber", "mse", or a function mapping TD errors [B] to losses [B].
-      huber_delta: Huber threshold.
+      double_q: the online network picks the next action; False: the target network.
+      loss: DQN's elementwise loss of the TD error: "huber", "mse", or a function
+        mapping TD errors [B] to losses [B].
+      huber_delta: Huber threshold (QR-DQN's and IQN's kappa).
       target_update_period: learner updates between target refreshes.
       tau: refresh rate, 1.0 for a hard copy, < 1 for Polyak averaging
         target <- tau * online + (1 - tau) * target at each refresh.
       axis_name: when set, gradients and metrics are averaged with
         ``lax.pmean`` over this named axis (data-parallel learner).
+      num_tau_samples: IQN's fractions per example for the online values (N).
+      num_tau_prime_samples: IQN's fractions per example for the target (N').
+      munchausen: Munchausen DQN / M-IQN hyperparameters, or None.
 
     Returns:
-      ``Learner(init, update)``.
+      ``Learner(init, update, update_weighted)``.
     """
-    if callable(loss):
-        elementwise = loss
-    elif loss == "huber":
-        elementwise = lambda td: losses.huber_loss(td, huber_delta)
-    elif loss == "mse":
-        elementwise = losses.squared_loss
-    else:
-        raise ValueError(f"unknown loss {loss!r}")
+    objective = objectives.make_objective(
+        network,
+        double_q=double_q,
+        loss=loss,
+        huber_delta=huber_delta,
+        num_tau_samples=num_tau_samples,
+        num_tau_prime_samples=num_tau_prime_samples,
+        munchausen_params=munchausen,
+    )
+    draws = networks.head_of(network).needs_key()
 
     def init(key, obs_example) -> LearnerState:
         params = network.init(key, obs_example)
@@ -98,36 +118,28 @@ def make_learner(
             target_params=jax.tree.map(jnp.copy, params),
             opt_state=optimizer.init(params),
             num_updates=jnp.int32(0),
+            key=jax.random.fold_in(key, 1) if draws else None,
         )
 
-    def loss_fn(params, target_params, batch: Transition, weights):
+    def loss_fn(params, target_params, batch: Transition, weights, key):
         if hasattr(batch, "discount"):  # n-step: gamma^k * (1 - terminated)
             discount_t = batch.discount.astype(jnp.float32)
         else:
             discount_t = gamma * (1.0 - batch.terminated.astype(jnp.float32))  # [B]
-        q_tm1 = network.apply(params, batch.obs)  # [B, A]
-        q_t_value = network.apply(target_params, batch.next_obs)  # [B, A]
-        if double_q:
-            # A separate, gradient-free forward pass: concatenating s and s' into
-            # one pass would double the backward pass's work.
-            q_t_selector = network.apply(jax.lax.stop_gradient(params), batch.next_obs)
-            td = jax.vmap(losses.double_q_learning)(
-                q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_t_selector
-            )
-        else:
-            td = jax.vmap(losses.q_learning)(
-                q_tm1, batch.action, batch.reward, discount_t, q_t_value
-            )
-        per_example = elementwise(td)
+        terms = objective(params, target_params, batch, discount_t, key)
+        per_example = terms.loss
         if weights is not None:
             per_example = weights * per_example
         loss_value = jnp.mean(per_example)
-        metrics = {"loss": loss_value, "q_mean": jnp.mean(q_tm1), "td_abs": jnp.mean(jnp.abs(td))}
-        return loss_value, (metrics, td)
+        metrics = {"loss": loss_value, "q_mean": jnp.mean(terms.q_tm1), **terms.metrics}
+        return loss_value, (metrics, terms.priority)
 
     def update_weighted(state: LearnerState, batch: Transition, weights):
-        grads, (metrics, td) = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.target_params, batch, weights
+        key = None
+        if state.key is not None:
+            key = parallel.shard_key(jax.random.fold_in(state.key, state.num_updates), axis_name)
+        grads, (metrics, priority) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.target_params, batch, weights, key
         )
         if axis_name is not None:
             # One all-reduce of one flat vector: collectives have a fixed cost each.
@@ -144,7 +156,8 @@ def make_learner(
         target_params = jax.tree.map(
             lambda f, o: jnp.where(refresh, f, o), fresh, state.target_params
         )
-        return LearnerState(params, target_params, opt_state, num_updates), metrics, td
+        state = LearnerState(params, target_params, opt_state, num_updates, state.key)
+        return state, metrics, priority
 
     def update(state: LearnerState, batch: Transition):
         state, metrics, _ = update_weighted(state, batch, None)

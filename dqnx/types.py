@@ -27,6 +27,9 @@ class LearnerState(NamedTuple):
     target_params: Any
     opt_state: Any
     num_updates: jax.Array  # int32 []
+    # PRNG key of a learner that draws random numbers (noisy layers, IQN's
+    # fractions), None otherwise; update k uses fold_in(key, k).
+    key: Any = None
 
 
 class ActorState(NamedTuple):

@@ -242,12 +242,13 @@ def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
     VALID stride-1 convolution over the observation (as ``MinAtarCNN``). One
     update = forward on s + target forward on s' (+ online forward on s' for
     Double DQN) + backward (2x forward, less the first layer's input gradient,
-    which nothing needs).
+    which nothing needs). One forward per example: IQN's forwards at several
+    fractions and Munchausen's extra target pass are not counted.
     """
     macs, first = 0, None
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         name = jax.tree_util.keystr(path)
-        if "kernel" not in name:
+        if not any(k in name for k in ("kernel", "mu_w", "sigma_w")):  # noisy: two matmuls
             continue
         if x.ndim == 2:
             m = x.shape[0] * x.shape[1]

@@ -78,6 +78,15 @@ def test_dict_round_trip():
         ({"exploration": "boltzmann"}, "--exploration"),
         ({"importance_exponent": 1.5}, "--importance_exponent"),
         ({"actor_sync_period": 0}, "--actor_sync_period"),
+        ({"learner": "c52"}, "--learner must be one of"),
+        ({"num_atoms": 1}, "--num_atoms must be an integer >= 2"),
+        ({"v_min": 5.0, "v_max": 5.0}, "--v_min must be < --v_max"),
+        ({"num_tau_samples": 0}, "--num_tau_samples must be a positive integer"),
+        ({"learner": "qr", "munchausen": True}, "--munchausen applies to --learner=dqn or iqn"),
+        ({"munchausen_tau": 0.0}, "--munchausen_tau must be > 0"),
+        ({"munchausen_l0": 0.5}, "--munchausen_l0 must be <= 0"),
+        ({"noisy_sigma0": 0.0}, "--noisy_sigma0 must be > 0"),
+        ({"env_name": "minatar:breakout", "learner": "c51"}, "host actors act on plain Q-values"),
     ],
 )
 def test_validation_messages(changes, message):

@@ -15,6 +15,7 @@ BLOCKS = (
     "losses",
     "networks",
     "nstep",
+    "objectives",
     "prioritized",
     "replay",
     "types",

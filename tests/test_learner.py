@@ -144,9 +144,9 @@ def test_weighted_update_with_nstep_discount():
     )
     learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, double_q=True, loss="mse")
     weights = jnp.array([0.25, 1.0])
-    _, metrics, td = jax.jit(learn.update_weighted)(make_state(learn), batch, weights)
+    _, metrics, priority = jax.jit(learn.update_weighted)(make_state(learn), batch, weights)
     expected_td = np.array([2.0 - 2.0, 1.5 + 0.729 * 1.0 - 3.0])
-    np.testing.assert_allclose(td, expected_td, rtol=1e-6)
+    np.testing.assert_allclose(priority, np.abs(expected_td), rtol=1e-6)  # priorities: |TD|
     np.testing.assert_allclose(
         metrics["loss"], np.mean(np.array([0.25, 1.0]) * expected_td**2), rtol=1e-6
     )

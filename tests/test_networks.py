@@ -322,3 +322,60 @@ def test_make_q_network_auto_picks_nature_cnn_for_channel_first_images():
     assert {"nature_cnn", "impala_cnn"} <= set(networks.NETWORKS)
     with pytest.raises(ValueError, match="unknown network"):
         networks.make_q_network("resnet", (4, 84, 84), 6)
+
+
+# Heads: every torso ends in a ``Head``; ``q_values`` maps any head's output to Q-values.
+HEAD_OBS = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)), jnp.float32)
+HEADS = {
+    "c51": networks.Head("categorical", num_atoms=7, v_min=-2.0, v_max=4.0),
+    "qr": networks.Head("quantile", num_quantiles=6),
+    "iqn": networks.Head("iqn", num_quantile_samples=4, embedding_dim=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_heads_outputs_and_q_values(name):
+    head = HEADS[name]
+    net = networks.make_q_network("mlp", (5,), 2, (16, 8), dueling=True, head=head)
+    params = jax.jit(net.init)(jax.random.key(0), HEAD_OBS)
+    names = set(params["params"])
+
+    @jax.jit
+    def outputs(params, key):
+        out = networks.forward(net, params, HEAD_OBS, noise_key=key)
+        q = networks.q_values(net, params, HEAD_OBS, key)
+        return out, q, net.apply(params, HEAD_OBS, taus=jnp.full((3, 4), 0.3), deterministic=True)
+
+    out, q, fixed = outputs(params, jax.random.key(1))
+    assert q.shape == (3, 2)
+    if name == "c51":
+        assert out.shape == (3, 2, 7)
+        probs = np.asarray(jax.nn.softmax(out, axis=-1), np.float64)
+        np.testing.assert_allclose(q, probs @ np.linspace(-2, 4, 7), rtol=1e-5, atol=1e-6)
+    elif name == "qr":
+        assert out.shape == (3, 6, 2)
+        np.testing.assert_allclose(q, np.asarray(out).mean(axis=1), rtol=1e-6)
+    else:  # IQN: the last dense layer moves into the head; the product enters it
+        assert names == {"Dense_0", "IQNHead_0"}
+        head_params = params["params"]["IQNHead_0"]
+        assert head_params["tau_embedding"]["kernel"].shape == (8, 16)
+        assert head_params["value_hidden_0"]["kernel"].shape == (16, 8)
+        assert out.shape == (3, 4, 2)  # taus=None: the K midpoints
+        assert fixed.shape == (3, 4, 2)
+        assert not np.allclose(q, fixed.mean(axis=1))  # acting samples its own fractions
+    if head.needs_key():
+        with pytest.raises(ValueError, match="need a key"):
+            networks.q_values(net, params, HEAD_OBS)
+
+
+def test_noisy_q_values_deterministic_uses_the_means():
+    net = networks.make_q_network("mlp", (5,), 2, (16,), head=networks.Head(noisy=True))
+    params = jax.jit(net.init)(jax.random.key(0), HEAD_OBS)
+    assert set(params["params"]) == {"Dense_0", "NoisyQHead_0"}
+    q = jax.jit(lambda k, d: networks.q_values(net, params, HEAD_OBS, k, deterministic=d),
+                static_argnums=1)  # fmt: skip
+    np.testing.assert_array_equal(q(jax.random.key(1), True), q(jax.random.key(2), True))
+    means = jax.jit(lambda p: net.apply(p, HEAD_OBS, deterministic=True))(params)
+    np.testing.assert_allclose(q(jax.random.key(1), True), means, rtol=1e-6)
+    np.testing.assert_array_equal(q(jax.random.key(1), False), q(jax.random.key(1), False))
+    assert not np.allclose(q(jax.random.key(1), False), q(jax.random.key(2), False))
