@@ -61,6 +61,11 @@ def make_env(config: Config) -> envs.Env:
     return envs.make(config.env_name)
 
 
+def fields(config: Config, *names: str) -> dict:
+    """``{name: config.name}``: the config fields a block takes under the same names."""
+    return {name: getattr(config, name) for name in names}
+
+
 HEAD_OF_LEARNER = {"dqn": "q", "c51": "categorical", "qr": "quantile", "iqn": "iqn"}
 
 
@@ -70,11 +75,7 @@ def make_head(config: Config) -> networks.Head:
         kind=HEAD_OF_LEARNER[config.learner],
         noisy=config.noisy,
         sigma0=config.noisy_sigma0,
-        num_atoms=config.num_atoms,
-        v_min=config.v_min,
-        v_max=config.v_max,
-        num_quantiles=config.num_quantiles,
-        num_quantile_samples=config.num_quantile_samples,
+        **fields(config, "num_atoms", "v_min", "v_max", "num_quantiles", "num_quantile_samples"),
     )
 
 
@@ -111,16 +112,19 @@ def make_learner(config: Config, network, axis_name: str | None = None) -> learn
     return learner.make_learner(
         network,
         make_optimizer(config),
-        gamma=config.gamma,
-        double_q=config.double_q,
-        loss=config.loss,
-        huber_delta=config.huber_delta,
-        target_update_period=config.target_update_period,
-        tau=config.tau,
         axis_name=axis_name,
-        num_tau_samples=config.num_tau_samples,
-        num_tau_prime_samples=config.num_tau_prime_samples,
         munchausen=munchausen,
+        **fields(
+            config,
+            "gamma",
+            "double_q",
+            "loss",
+            "huber_delta",
+            "target_update_period",
+            "tau",
+            "num_tau_samples",
+            "num_tau_prime_samples",
+        ),
     )
 
 

@@ -52,6 +52,7 @@ own state.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -172,19 +173,12 @@ def _stack_mask(first: jax.Array) -> jax.Array:
     return later - first.astype(jnp.int32) == 0
 
 
-def _frame_replay(
-    num_groups: int,
-    num_envs: int,
-    steps_per_group: int,
-    n_step: int,
-    gamma: float,
-    stack_size: int,
-    final_capacity: int | None,
-    block_size: int | None,
-    priority_exponent: float,
-    eps: float,
-):
-    """The shared pieces of both factories (see ``frame_replay``)."""
+def _frame_replay(layout: dict, alpha: float = 0.0, eps: float = 0.0):
+    """The shared pieces of both factories. ``layout``: every argument of
+    ``frame_replay`` by name; ``alpha``: the priority exponent (0 when uniform)."""
+    num_groups, num_envs, steps_per_group, n_step, gamma, stack_size, final_capacity, block_size = (
+        layout[name] for name in inspect.signature(frame_replay).parameters
+    )
     G, T, N, S, n = num_groups, steps_per_group, num_envs, stack_size, n_step
     capacity = G * T * N
     if min(G, T, N, S, n) < 1:
@@ -197,7 +191,7 @@ def _frame_replay(
     if block_size is not None and (block_size < 1 or T % block_size):
         raise ValueError(f"block_size={block_size} must divide steps_per_group={T}")
     num_leaves = prioritized.tree_leaves(capacity)
-    alpha = float(priority_exponent)
+    alpha = float(alpha)
     gamma = float(gamma)
 
     def init(example: FrameStep) -> FrameReplayState:
@@ -443,10 +437,7 @@ def frame_replay(
       ``NStepTransition`` with ``obs``/``next_obs`` uint8 ``[B, S, H, W]``,
       ``action`` int32.
     """
-    capacity, init, add, sample, _, lookup, _ = _frame_replay(
-        num_groups, num_envs, steps_per_group, n_step, gamma, stack_size, final_capacity,
-        block_size, 0.0, 0.0,
-    )  # fmt: skip
+    capacity, init, add, sample, _, lookup, _ = _frame_replay(locals())
     return FrameReplay(capacity, init, add, sample, lookup)
 
 
@@ -455,13 +446,9 @@ def prioritized_frame_replay(
     num_envs: int,
     steps_per_group: int,
     *,
-    n_step: int = 1,
-    gamma: float = 0.99,
-    stack_size: int = 4,
-    final_capacity: int | None = None,
-    block_size: int | None = None,
     priority_exponent: float = 0.6,
     eps: float = 1e-6,
+    **layout,
 ) -> PrioritizedFrameReplay:
     """``frame_replay`` with proportional prioritized sampling (Schaul et al., 2016).
 
@@ -473,7 +460,8 @@ def prioritized_frame_replay(
     Args:
       priority_exponent: ``alpha``; 0 samples uniformly among valid slots.
       eps: added to ``|td|`` in ``update_priorities``.
-      Others: as in ``frame_replay``.
+      num_groups, num_envs, steps_per_group, **layout: as in ``frame_replay``
+        (``n_step``, ``gamma``, ``stack_size``, ``final_capacity``, ``block_size``).
 
     Returns:
       ``PrioritizedFrameReplay``: ``sample(state, key, batch_size, beta) ->
@@ -484,10 +472,13 @@ def prioritized_frame_replay(
         raise ValueError(
             f"need priority_exponent >= 0 and eps >= 0, got {priority_exponent}, {eps}"
         )
+    arguments = inspect.signature(frame_replay).bind(
+        num_groups, num_envs, steps_per_group, **layout
+    )
+    arguments.apply_defaults()  # unknown names raise TypeError here, as in a call
     capacity, init, add, sample_slots, update, lookup, num_leaves = _frame_replay(
-        num_groups, num_envs, steps_per_group, n_step, gamma, stack_size, final_capacity,
-        block_size, priority_exponent, eps,
-    )  # fmt: skip
+        arguments.arguments, priority_exponent, eps
+    )
 
     def sample(state: FrameReplayState, key: jax.Array, batch_size: int, beta):
         batch, slots = sample_slots(state, key, batch_size)

@@ -1,5 +1,9 @@
 """Output heads (flax.linen) mapping a torso's features ``[B, D]`` to the values a loss reads.
 
+``Head`` names a network's head and maps its output to Q-values; ``output_head``
+builds it inside a torso. The modules:
+
+- ``QHead``: Q-values ``[B, A]``, linear or dueling (the default, plain head);
 - ``DistributionalHead``: logits ``[B, A, K]`` for ``distributional.categorical_*`` (C51);
 - ``QuantileHead``: quantile values ``[B, N, A]`` for ``distributional.quantile_q_learning``;
 - ``IQNHead``: quantile values ``[B, N, A]`` at given fractions for ``distributional.iqn_loss``;
@@ -22,6 +26,7 @@ noisy), named ``"q"``, or ``"value"`` and ``"advantage"`` when dueling, with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -29,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx.distributional import categorical_q_values, quantile_midpoints
+from dqnx.layers import Dense
 from dqnx.noisy import NoisyDense
 
 
@@ -195,3 +202,135 @@ class IQNHead(_StreamsHead):
         cosines = jnp.cos(jnp.pi * i * taus[..., None].astype(h.dtype))  # [B, N, n]
         phi = nn.relu(nn.Dense(h.shape[-1], name="tau_embedding")(cosines))  # [B, N, D]
         return self._streams(h[:, None, :] * phi, (), deterministic)  # [B, N, A]
+
+
+class QHead(nn.Module):
+    """Linear Q head, or the dueling head of Wang et al. (2016),
+    Q = V + A - mean(A) (arXiv:1511.06581)."""
+
+    num_actions: int
+    dueling: bool = False
+
+    @nn.compact
+    def __call__(self, h):
+        if not self.dueling:
+            return Dense(self.num_actions, name="q")(h)
+        value = Dense(1, name="value")(h)  # [B, 1]
+        adv = Dense(self.num_actions, name="advantage")(h)  # [B, A]
+        return value + adv - adv.mean(axis=-1, keepdims=True)
+
+
+HEADS = ("q", "categorical", "quantile", "iqn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """Which output head a Q-network ends in, and how its output becomes Q-values.
+
+    The default, ``Head()``, is the plain ``QHead`` (Q-values ``[B, A]``): the
+    networks' parameter trees and outputs are then those of a network without
+    this attribute.
+
+    Attributes:
+      kind: "q": Q-values ``[B, A]`` (``QHead``, or ``NoisyQHead`` when
+        noisy); "categorical": C51 logits ``[B, A, K]`` over ``atoms``
+        (``DistributionalHead``); "quantile": QR-DQN values ``[B, N, A]``
+        at the fixed fractions ``distributional.quantile_midpoints(N)``
+        (``QuantileHead``); "iqn": values ``[B, N, A]`` at fractions given
+        in the call (``IQNHead``).
+      noisy: the head's layers are ``noisy.NoisyDense`` (NoisyNet, Fortunato et
+        al., 2018): ``apply`` needs ``rngs={"noise": key}``, or
+        ``deterministic=True`` for the means.
+      sigma0: initial noise scale of the noisy layers.
+      num_atoms: C51's support size ``K``.
+      v_min: C51's lowest atom.
+      v_max: C51's highest atom.
+      num_quantiles: QR-DQN's ``N``.
+      num_quantile_samples: IQN's ``K``: fractions sampled (uniformly, per
+        observation) to estimate Q-values for acting and action selection.
+      embedding_dim: IQN's cosine features of a fraction.
+    """
+
+    kind: str = "q"
+    noisy: bool = False
+    sigma0: float = 0.5
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    num_quantiles: int = 200
+    num_quantile_samples: int = 32
+    embedding_dim: int = 64
+
+    def __post_init__(self):
+        if self.kind not in HEADS:
+            raise ValueError(f"unknown head {self.kind!r}; one of {HEADS}")
+
+    @property
+    def atoms(self) -> jax.Array:
+        """C51's support ``[K]``: ``num_atoms`` evenly spaced values from v_min to v_max."""
+        return jnp.linspace(self.v_min, self.v_max, self.num_atoms, dtype=jnp.float32)
+
+    @property
+    def is_plain(self) -> bool:
+        """Q-values straight from a deterministic head (what a custom network gives)."""
+        return self.kind == "q" and not self.noisy
+
+    def needs_key(self, deterministic: bool = False) -> bool:
+        """Whether Q-values need random numbers: IQN's fractions, noisy layers' noise."""
+        return self.kind == "iqn" or (self.noisy and not deterministic)
+
+    def to_q_values(self, out: jax.Array) -> jax.Array:
+        """The head's output -> Q-values ``[B, A]``: as is ("q"), the expectation
+        over atoms ("categorical"), the mean over quantiles ("quantile", "iqn")."""
+        if self.kind == "q":
+            return out
+        if self.kind == "categorical":
+            return categorical_q_values(out, self.atoms)  # [B, A, K] -> [B, A]
+        return jnp.mean(out, axis=-2)  # [B, N, A] -> [B, A]
+
+    def split_hidden(self, hidden_sizes: Sequence[int]) -> tuple[tuple, tuple]:
+        """(torso's, head's) dense layers. IQN's fraction embedding multiplies the
+        features before the last dense layer (Dabney et al., 2018b: the 512-unit
+        layer of the Atari network), so that layer moves into the head; every
+        other head is linear on the torso's last layer."""
+        hidden_sizes = tuple(hidden_sizes)
+        if self.kind == "iqn":
+            return hidden_sizes[:-1], hidden_sizes[-1:]
+        return hidden_sizes, ()
+
+
+PLAIN_HEAD = Head()
+
+
+def output_head(head: Head, num_actions: int, dueling: bool, h, *, hidden_sizes=(),
+                taus=None, deterministic=None):  # fmt: skip
+    """Features ``h [B, D]`` through the head ``head`` names; call inside a torso's
+    ``nn.compact`` ``__call__`` (the head becomes its submodule).
+
+    Args:
+      head: the head.
+      num_actions: ``A``.
+      dueling: value and advantage streams.
+      hidden_sizes: the head's own dense layers (``Head.split_hidden``).
+      taus: IQN's fractions ``[B, N]``; None gives the ``num_quantile_samples``
+        midpoints ``(2i + 1) / 2K`` (a deterministic estimate, used by ``init``).
+      deterministic: noisy heads: True uses the means only.
+    """
+    if head.is_plain:
+        return QHead(num_actions, dueling)(h)  # QHead_0: the default parameter tree
+    common = dict(num_actions=num_actions, dueling=dueling, hidden_sizes=hidden_sizes,
+                  sigma0=head.sigma0)  # fmt: skip
+    if head.kind == "q":
+        return NoisyQHead(**common)(h, deterministic)
+    if head.kind == "categorical":
+        module = DistributionalHead(num_atoms=head.num_atoms, noisy=head.noisy, **common)
+        return module(h, deterministic)
+    if head.kind == "quantile":
+        module = QuantileHead(num_quantiles=head.num_quantiles, noisy=head.noisy, **common)
+        return module(h, deterministic)
+    if taus is None:
+        taus = jnp.broadcast_to(
+            quantile_midpoints(head.num_quantile_samples), (h.shape[0], head.num_quantile_samples)
+        )
+    module = IQNHead(embedding_dim=head.embedding_dim, noisy=head.noisy, **common)
+    return module(h, taus, deterministic)

@@ -169,13 +169,11 @@ class HostActorProgram:
                 self.queue,
                 self._epsilon_for(i),
                 lambda: self.env_steps,
-                rollout_steps=config.rollout_steps,
-                n_step=config.n_step,
-                gamma=config.gamma,
-                seed=config.seed,
                 stop=self.stop,
-                clip_rewards=config.clip_rewards,
                 frames=self.frames,
+                **builder.fields(
+                    config, "rollout_steps", "n_step", "gamma", "seed", "clip_rewards"
+                ),
             )
             self.threads.append(thread)
         for thread in self.threads:
