@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_configs import CARTPOLE
 
-import dqnx
 from dqnx import checkpoint, shell
 from dqnx.config import ConfigError
 
@@ -82,20 +82,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     np.testing.assert_array_equal(restored["obs"], _state()["obs"])
 
 
-SMALL = dqnx.Config(
-    env_name="CartPole-v1",
-    num_seeds=2,
-    num_envs=4,
-    buffer_size=1_000,
-    batch_size=32,
-    hidden_sizes=(16,),
-    learning_starts=64,
-    total_steps=2_000,
-    log_every=200,
-    checkpoint_every=400,
-    eval_every=1_000,
-    eval_episodes=2,
-)
+SMALL = CARTPOLE
 
 
 def test_resume_is_bit_exact_and_drift_is_an_error(tmp_path):
@@ -155,6 +142,9 @@ def cli_env(tmp_path_factory):
     )
 
 
+KILL_TRIALS = int(os.environ.get("DQNX_KILL_TRIALS", "10"))
+
+
 def _start(workdir, env):
     return subprocess.Popen(
         [sys.executable, str(ROOT / "experiments" / "run.py"), *KILL_ARGS, f"--workdir={workdir}"],
@@ -206,11 +196,12 @@ def test_signal_saves_then_exits(sig, code, tmp_path, cli_env, reference_digest)
 
 
 def test_kill_9_at_random_moments_loses_at_most_one_interval(tmp_path, cli_env, reference_digest):
-    """20 trials of kill -9 at a random time (import, compile, training or mid-checkpoint):
-    each restart resumes from a complete checkpoint no older than the last logged step."""
+    """KILL_TRIALS trials of kill -9 at a random time (import, compile, training or
+    mid-checkpoint): each restart resumes from a complete checkpoint no older than the
+    last logged step. More trials: ``DQNX_KILL_TRIALS=100 pytest -k kill_9``."""
     rng = random.Random(0)
     trials, torn_writes, last_logged = 0, 0, 0
-    while trials < 20:
+    while trials < KILL_TRIALS:
         p = _start(tmp_path, cli_env)
         seen = ""
         if trials % 2:  # any moment from the start: import, compile, restore, training

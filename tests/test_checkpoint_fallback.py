@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_configs import CARTPOLE
 
 import dqnx
 from dqnx import builder, checkpoint, evaluate, shell
@@ -21,22 +22,7 @@ from dqnx.shell.resume import Resumer
 ROOT = Path(__file__).resolve().parents[1]
 
 # Checkpoints at env steps 464, 864, 1264, 1664 and 2000, all kept.
-CONFIG = dqnx.Config(
-    env_name="CartPole-v1",
-    num_seeds=2,
-    num_envs=4,
-    buffer_size=1_000,
-    batch_size=32,
-    hidden_sizes=(16,),
-    learning_starts=64,
-    total_steps=2_000,
-    log_every=200,
-    checkpoint_every=400,
-    eval_every=1_000,
-    eval_episodes=2,
-    keep_checkpoints=10,
-    tensorboard=False,
-)
+CONFIG = CARTPOLE.replace(keep_checkpoints=10, tensorboard=False)
 
 
 def _no_compiling(config):

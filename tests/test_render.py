@@ -6,24 +6,11 @@ import re
 import jax
 import numpy as np
 import pytest
+from tiny_configs import CARTPOLE
 
-import dqnx
 from dqnx import compiled, evaluate, shell
 
-TINY = dqnx.Config(
-    env_name="CartPole-v1",
-    num_seeds=1,
-    num_envs=4,
-    buffer_size=1_000,
-    batch_size=32,
-    hidden_sizes=(16,),
-    learning_starts=64,
-    total_steps=2_000,
-    log_every=1_000,
-    checkpoint_every=2_000,
-    eval_every=0,
-    eval_episodes=2,
-)
+TINY = CARTPOLE.replace(num_seeds=1, log_every=1_000, checkpoint_every=2_000, eval_every=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_configs import CARTPOLE
 
 import dqnx
 from dqnx import builder, compiled, shell, xla
@@ -16,15 +17,10 @@ from dqnx.compiled import seed_group_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = dqnx.Config(
-    env_name="CartPole-v1",
-    num_seeds=2,
-    num_envs=4,
-    buffer_size=1_000,
-    batch_size=32,
+TINY = CARTPOLE.replace(
+    checkpoint_every=100_000,
     hidden_sizes=(32,),
     learning_starts=200,
-    total_steps=2_000,
     log_every=400,
     eval_every=800,
     eval_episodes=3,

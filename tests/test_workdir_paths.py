@@ -6,23 +6,19 @@ import json
 
 import pytest
 from etils import epath
+from tiny_configs import CARTPOLE
 
-import dqnx
 from dqnx import logging as dlog
 from dqnx import shell
 from dqnx.errors import ConfigError
 
-TINY = dqnx.Config(
-    env_name="CartPole-v1",
+TINY = CARTPOLE.replace(
     num_seeds=1,
-    num_envs=4,
     buffer_size=500,
     batch_size=16,
     hidden_sizes=(8,),
     learning_starts=32,
     total_steps=800,
-    log_every=200,
-    checkpoint_every=400,
     eval_every=800,
     eval_episodes=1,
     tensorboard=False,
