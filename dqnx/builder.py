@@ -89,6 +89,8 @@ def make_network(config: Config, obs_shape: tuple[int, ...], num_actions: int):
         config.hidden_sizes,
         config.dueling,
         head=make_head(config),
+        dtype=config.compute_dtype,
+        conv_impl=config.conv_impl,
     )
 
 
@@ -221,10 +223,20 @@ def device_memory_bytes() -> int | None:
     return None
 
 
-def check_replay_fits(config: Config, obs_shape, obs_dtype) -> None:
-    """Raises ConfigError when the replay buffers cannot fit in device memory."""
+def check_replay_fits(config: Config, obs_shape, obs_dtype, num_runs: int = 0) -> None:
+    """Raises ConfigError when the replay buffers cannot fit in device memory
+    (``num_runs``: a sweep's program of that many runs)."""
+    if num_runs:
+        config = config.replace(num_seeds=num_runs)
     need = replay_bytes(config, obs_shape, obs_dtype)
     have = device_memory_bytes()
+    if have and need > 0.8 * have and num_runs:
+        fit = int(0.8 * have // replay_bytes(config.replace(num_seeds=1), obs_shape, obs_dtype))
+        raise ConfigError(
+            f"the sweep's replay buffers need {need / 2**30:.1f} GiB ({num_runs} runs x "
+            f"--buffer_size={config.buffer_size}) but the devices have {have / 2**30:.1f} GiB: "
+            f"{fit} runs fit; sweep fewer values or seeds, or lower --buffer_size"
+        )
     if have and need > 0.8 * have:
         raise ConfigError(
             f"the replay buffers need {need / 2**30:.1f} GiB ({config.num_seeds} seed(s) x "
@@ -257,13 +269,51 @@ def host_env_options(config: Config) -> dict:
 
 
 def host_devices(config: Config) -> tuple[list, list]:
-    """(actor devices, learner devices) of a host-actor run on this process.
+    """(this process's actor devices, the learner devices of all processes) of a
+    host-actor run. Every process splits its own local devices the same way; the
+    learner spans every process's learner devices, process-major.
 
     Raises:
-      ConfigError: more devices asked for than exist, or sizes the learner
-        devices do not divide.
+      ConfigError: more devices asked for than exist, processes that split their
+        devices differently, or sizes the learner devices do not divide.
     """
-    devices = jax.local_devices()
+    by_process = parallel.devices_by_process()
+    me = jax.process_index()
+    try:
+        actors, learners = _split_devices(config, by_process[me])
+        mine, error = [len(actors), len(learners), config.actor_threads], None
+    except ConfigError as e:
+        mine, error = [-1, -1, -1], e
+    if len(by_process) > 1:  # every process sees every split, so all raise together
+        counts = parallel.gather_processes([len(by_process[me]), *mine])
+        if error is None and (counts != counts[0]).any():  # (orbax needs equal counts too)
+            found = "; ".join(
+                f"process {p}: {d} devices, "
+                + ("no valid split" if a < 0 else f"{a} actor + {n} learner x {t} thread(s)")
+                for p, (d, a, n, t) in enumerate(counts.tolist())
+            )
+            error = ConfigError(
+                "host actors need the same devices and split on every process, but "
+                f"{found}; give each process as many devices and the same flags"
+            )
+    if error is not None:
+        raise error
+    a, n = mine[:2]  # each process's learner devices, as it splits its own
+    learners = [d for ds in by_process for d in ds[(a if len(ds) >= a + n else 0) :][:n]]
+    where = f"{len(learners)} devices"
+    if len(by_process) > 1:
+        where += f" of {len(by_process)} processes"
+    for name in ("batch_size", "buffer_size", "num_envs"):
+        if getattr(config, name) % len(learners):
+            raise ConfigError(
+                f"the learner is split over {where}, but --{name}="
+                f"{getattr(config, name)} is not divisible by {len(learners)}"
+            )
+    return actors, learners
+
+
+def _split_devices(config: Config, devices: list) -> tuple[list, list]:
+    """(actor devices, learner devices) of this process's ``devices``."""
     n_actor = config.actor_devices or 1
     if len(devices) == 1 and not config.actor_devices and config.learner_devices <= 1:
         return devices, devices  # one device: actors and learner share it
@@ -273,12 +323,6 @@ def host_devices(config: Config) -> tuple[list, list]:
             f"--actor_devices={n_actor} and --learner_devices={n_learner} need "
             f"{n_actor + n_learner} devices, but this process has {len(devices)}"
         )
-    for name in ("batch_size", "buffer_size", "num_envs"):
-        if getattr(config, name) % n_learner:
-            raise ConfigError(
-                f"the learner is split over {n_learner} devices, but --{name}="
-                f"{getattr(config, name)} is not divisible by {n_learner}"
-            )
     return devices[:n_actor], devices[n_actor : n_actor + n_learner]
 
 
@@ -298,14 +342,16 @@ def _validate_host(config: Config) -> None:
             f"--num_seeds={config.num_seeds}: host actors train one seed per process (each "
             "seed's environments need their own CPU cores); run one process per --seed"
         )
-    if jax.process_count() > 1:
-        raise ConfigError("host actors run in one process; multi-process runs are not supported")
+    processes = jax.process_count()
+    if config.frame_replay and processes > 1:
+        raise ConfigError("--frame_replay runs the learner on one device, in one process")
     actor_devices, _ = host_devices(config)
     threads = config.actor_threads * len(actor_devices)
-    if config.num_envs % threads:
+    if config.num_envs % (threads * processes):
         raise ConfigError(
-            f"--num_envs={config.num_envs} must be divisible by the {threads} actor thread(s) "
-            f"(--actor_threads={config.actor_threads} x {len(actor_devices)} actor device(s))"
+            f"--num_envs={config.num_envs} must be divisible by the {threads * processes} actor "
+            f"thread(s) (--actor_threads={config.actor_threads} x {len(actor_devices)} actor "
+            f"device(s)" + (f" x {processes} processes)" if processes > 1 else ")")
         )
     spec = host_envs.host_env_spec(config.env_name, **host_env_options(config))
     if config.frame_replay:
@@ -346,6 +392,8 @@ def validate(config: Config) -> Config:
       ConfigError: one line naming the flag and what is wrong.
     """
     config.validate()
+    if config.sweep or config.sweep_random:
+        return _validate_sweep(config)
     if uses_host_actors(config):
         _validate_host(config)
         return config
@@ -355,4 +403,20 @@ def validate(config: Config) -> Config:
     choose_layout(config)
     spec = make_env(config).spec
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
+    return config
+
+
+def _validate_sweep(config: Config) -> Config:
+    """``validate`` for a sweep: its items and every configuration (``sweep.plan``),
+    then each program's layout and the replay of all its runs."""
+    from dqnx import sweep
+
+    plan = sweep.plan(config)
+    if config.env_options:
+        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
+    envs.check_env_name(config.env_name)
+    spec = make_env(config).spec
+    for program in plan.programs:
+        choose_layout(program.config.replace(num_seeds=len(program.runs)))
+        check_replay_fits(program.config, spec.obs_shape, spec.obs_dtype, len(program.runs))
     return config

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from dqnx import logging as dlog
+from dqnx import files as fs
 
 FORMAT = "dqnx-checkpoint-v1"
 MANIFEST = "dqnx_manifest.json"
@@ -62,7 +62,7 @@ class CheckpointDamaged(CheckpointError):
 
     def __init__(self, path: str | os.PathLike, problem: str):
         super().__init__(f"checkpoint {path} {problem}")
-        self.path, self.problem = dlog.as_path(path), problem
+        self.path, self.problem = fs.as_path(path), problem
 
 
 def _is_key(x) -> bool:
@@ -125,11 +125,11 @@ def _file_names(root: epath.Path) -> list[str]:
 
 def write_manifest(path: str | os.PathLike) -> None:
     """Writes ``path/dqnx_manifest.json``: ``{file: [size, crc32]}`` of every file
-    under the checkpoint directory ``path`` (atomically: see ``logging.replace_text``)."""
-    path = dlog.as_path(path)
+    under the checkpoint directory ``path`` (atomically: see ``fs.replace_text``)."""
+    path = fs.as_path(path)
     names = sorted(n for n in _file_names(path) if n not in (MANIFEST, MANIFEST + ".tmp"))
     files = {name: list(sc) for name, sc in zip(names, _crcs(path, names), strict=True)}
-    dlog.replace_text(path / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=1))
+    fs.replace_text(path / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=1))
 
 
 def check_files(path: str | os.PathLike) -> bool:
@@ -145,7 +145,7 @@ def check_files(path: str | os.PathLike) -> bool:
       CheckpointDamaged: a listed file is missing or differs, the manifest is
         unreadable, or (without a manifest) orbax's commit marker is missing.
     """
-    path = dlog.as_path(path)
+    path = fs.as_path(path)
     try:
         text = (path / MANIFEST).read_bytes()
     except FileNotFoundError:
@@ -184,8 +184,8 @@ class Checkpointer:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        directory = dlog.as_path(directory)
-        self.directory = directory if dlog.is_remote(directory) else directory.resolve()
+        directory = fs.as_path(directory)
+        self.directory = directory if fs.is_remote(directory) else directory.resolve()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -318,7 +318,7 @@ class Checkpointer:
             dst = self.directory / f"{step}.{suffix}-{n}"
         if jax.process_index() == 0:
             try:
-                if dlog.is_remote(src):
+                if fs.is_remote(src):
                     src.rename(dst)
                 else:
                     os.rename(src, dst)

@@ -22,11 +22,63 @@ __all__ = ["Config", "ConfigError", "suggest"]
 
 LOSSES = ("huber", "mse")
 LEARNERS = ("dqn", "c51", "qr", "iqn")
+CONV_IMPLS = ("auto", "patches", "xla")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+EXPLORATIONS = ("linear", "apex")
+# Fields with a fixed set of values (Config.validate adds "network": networks.NETWORKS).
+_CHOICES = {
+    "loss": LOSSES,
+    "learner": LEARNERS,
+    "conv_impl": CONV_IMPLS,
+    "compute_dtype": COMPUTE_DTYPES,
+    "exploration": EXPLORATIONS,
+}
 
 
 def neutral(default):
     """A result-neutral field: resuming with another value is allowed."""
     return dataclasses.field(default=default, metadata={"result_neutral": True})
+
+
+# Integer fields Config.validate checks: > 0, and >= 0.
+_POSITIVE_INTS = (
+    "num_seeds", "total_steps", "num_envs", "rollout_steps", "updates_per_iteration",
+    "buffer_size", "batch_size", "target_update_period", "eval_episodes", "log_every",
+    "keep_checkpoints", "num_processes", "n_step", "actor_sync_period", "actor_threads",
+    "queue_size", "num_quantiles", "num_tau_samples", "num_tau_prime_samples",
+    "num_quantile_samples",
+)  # fmt: skip
+_NON_NEGATIVE_INTS = (
+    "learning_starts", "epsilon_decay_steps", "eval_every", "checkpoint_every", "seed",
+    "num_devices", "seed_group_size", "process_id", "actor_devices", "learner_devices",
+    "sweep_random",
+)  # fmt: skip
+
+
+def _within(low, high, closed_low=True):
+    return lambda v: (low <= v if closed_low else low < v) and v <= high
+
+
+# Per-field ranges that Config.validate checks: field -> (test, what the message says).
+_BOUNDS = {
+    "gamma": (_within(0.0, 1.0), "in [0, 1]"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "adam_eps": (lambda v: v >= 0, ">= 0"),
+    "max_grad_norm": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    "tau": (_within(0.0, 1.0, closed_low=False), "in (0, 1]"),
+    "huber_delta": (lambda v: v > 0, "> 0"),
+    "epsilon_start": (_within(0.0, 1.0), "in [0, 1]"),
+    "epsilon_end": (_within(0.0, 1.0), "in [0, 1]"),
+    "eval_epsilon": (_within(0.0, 1.0), "in [0, 1]"),
+    "priority_exponent": (lambda v: v >= 0, ">= 0"),
+    "importance_exponent": (_within(0.0, 1.0), "in [0, 1]"),
+    "apex_epsilon": (_within(0.0, 1.0), "in [0, 1]"),
+    "apex_alpha": (lambda v: v >= 0, ">= 0"),
+    "munchausen_tau": (lambda v: v > 0, "> 0"),
+    "munchausen_alpha": (lambda v: v >= 0, ">= 0"),
+    "munchausen_l0": (lambda v: v <= 0, "<= 0"),
+    "noisy_sigma0": (lambda v: v > 0, "> 0 (--nonoisy for no noise)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +122,12 @@ class Config:
       network: "mlp", "minatar_cnn" or "auto" (CNN for image observations).
       hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
       dueling: dueling value/advantage head (Wang et al., 2016).
+      conv_impl: the MinAtar CNN's convolution: "patches" (one matmul over im2col
+        patches, fastest on XLA:CPU), "xla" (flax's nn.Conv) or "auto" (patches on
+        CPU, xla on GPU/TPU: ``dqnx.platforms``). Same parameters either way.
+      compute_dtype: "float32" or "bfloat16": the networks' matmuls and
+        convolutions in that dtype (float32 accumulation); parameters, optimizer
+        state, loss and Q-values stay float32, replay keeps the observation dtype.
       learner: "dqn" (Q-values, a TD loss), "c51" (categorical return
         distribution, Bellemare et al., 2017), "qr" (QR-DQN quantiles, Dabney et
         al., 2018a) or "iqn" (implicit quantiles, Dabney et al., 2018b). Prioritized
@@ -113,7 +171,7 @@ class Config:
         parameter copy (1 = actors always use the current parameters; host
         actors pick up the newest published copy without waiting).
       actor_threads: host actors: threads per actor device, each stepping its
-        own num_envs / (actor_threads x actor devices) environments.
+        own num_envs / (actor_threads x actor devices x processes) environments.
       actor_devices: host actors: local devices that run the actors' policy
         (0 = the first device, shared with the learner on a single device).
       learner_devices: host actors: local devices the learner is data-parallel
@@ -147,6 +205,12 @@ class Config:
         = single process, or detected on a Cloud TPU VM pod slice).
       num_processes: processes in a multi-process run.
       process_id: this process's index in a multi-process run.
+      sweep: ``FIELD=V1,V2,...`` (the grid: the cross product of the items) or
+        ``FIELD=LOW:HIGH`` (a range, with --sweep_random): a hyperparameter sweep,
+        every configuration with every seed, as runs vmapped like seeds
+        (``dqnx.sweep``). Repeatable.
+      sweep_random: draw this many configurations from the --sweep ranges and
+        lists (log-uniform for rates and sizes; fixed by --seed) instead of the grid.
     """
 
     env_name: str = "CartPole-v1"
@@ -161,6 +225,7 @@ class Config:
     updates_per_iteration: int = 1
     buffer_size: int = 50_000
     batch_size: int = 64
+    # The optimizer and the Q-learning target.
     learning_rate: float = 3e-4
     anneal_lr: bool = False
     adam_eps: float = 1e-8
@@ -172,9 +237,13 @@ class Config:
     double_q: bool = True
     loss: Literal["huber", "mse"] = "huber"
     huber_delta: float = 1.0
+    # The network and its head.
     network: str = "auto"
     hidden_sizes: tuple[int, ...] = (128, 128)
     dueling: bool = False
+    conv_impl: Literal["auto", "patches", "xla"] = neutral("auto")
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Distributional learners: C51 (atoms), QR-DQN (quantiles), IQN (sampled fractions).
     learner: Literal["dqn", "c51", "qr", "iqn"] = "dqn"
     num_atoms: int = 51
     v_min: float = -10.0
@@ -183,6 +252,7 @@ class Config:
     num_tau_samples: int = 64
     num_tau_prime_samples: int = 64
     num_quantile_samples: int = 32
+    # Munchausen DQN, noisy nets, n-step returns, prioritized replay.
     munchausen: bool = False
     munchausen_tau: float = 0.03
     munchausen_alpha: float = 0.9
@@ -193,6 +263,7 @@ class Config:
     prioritized: bool = False
     priority_exponent: float = 0.6
     importance_exponent: float = 0.4
+    # Exploration.
     exploration: Literal["linear", "apex"] = "linear"
     apex_epsilon: float = 0.4
     apex_alpha: float = 7.0
@@ -220,6 +291,8 @@ class Config:
     coordinator_address: str = neutral("")
     num_processes: int = neutral(1)
     process_id: int = neutral(0)
+    sweep: tuple[str, ...] = ()
+    sweep_random: int = 0
 
     # ---- derived sizes -------------------------------------------------
     @property
@@ -287,6 +360,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
         d["env_options"] = list(self.env_options)
+        d["sweep"] = list(self.sweep)
         return d
 
     @classmethod
@@ -300,6 +374,8 @@ class Config:
             d["hidden_sizes"] = tuple(int(h) for h in d["hidden_sizes"])
         if "env_options" in d:
             d["env_options"] = tuple(str(o) for o in d["env_options"])
+        if "sweep" in d:
+            d["sweep"] = tuple(str(o) for o in d["sweep"])
         return cls(**d)
 
     # ---- validation ----------------------------------------------------
@@ -313,44 +389,11 @@ class Config:
         def fail(msg: str):
             raise ConfigError(msg)
 
-        positive = (
-            "num_seeds",
-            "total_steps",
-            "num_envs",
-            "rollout_steps",
-            "updates_per_iteration",
-            "buffer_size",
-            "batch_size",
-            "target_update_period",
-            "eval_episodes",
-            "log_every",
-            "keep_checkpoints",
-            "num_processes",
-            "n_step",
-            "actor_sync_period",
-            "actor_threads",
-            "queue_size",
-            "num_quantiles",
-            "num_tau_samples",
-            "num_tau_prime_samples",
-            "num_quantile_samples",
-        )
-        for name in positive:
+        for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(f"--{name} must be a positive integer, got {value!r}")
-        for name in (
-            "learning_starts",
-            "epsilon_decay_steps",
-            "eval_every",
-            "checkpoint_every",
-            "seed",
-            "num_devices",
-            "seed_group_size",
-            "process_id",
-            "actor_devices",
-            "learner_devices",
-        ):
+        for name in _NON_NEGATIVE_INTS:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 fail(f"--{name} must be a non-negative integer, got {value!r}")
@@ -358,56 +401,23 @@ class Config:
             fail(f"--total_steps={self.total_steps} is too large (env steps are int32 counters)")
         if self.coordinator_address and self.process_id >= self.num_processes:
             fail(f"--process_id={self.process_id} must be < --num_processes={self.num_processes}")
-        if not 0.0 <= self.gamma <= 1.0:
-            fail(f"--gamma must be in [0, 1], got {self.gamma}")
-        if not self.learning_rate > 0:
-            fail(f"--learning_rate must be > 0, got {self.learning_rate}")
-        if not self.adam_eps >= 0:
-            fail(f"--adam_eps must be >= 0, got {self.adam_eps}")
-        if not self.max_grad_norm >= 0:
-            fail(f"--max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
-        if not 0.0 < self.tau <= 1.0:
-            fail(f"--tau must be in (0, 1], got {self.tau}")
-        if not self.huber_delta > 0:
-            fail(f"--huber_delta must be > 0, got {self.huber_delta}")
-        for name in ("epsilon_start", "epsilon_end", "eval_epsilon"):
+        for name, (ok, bound) in _BOUNDS.items():
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                fail(f"--{name} must be in [0, 1], got {value}")
-        if not self.priority_exponent >= 0:
-            fail(f"--priority_exponent must be >= 0, got {self.priority_exponent}")
-        if not 0.0 <= self.importance_exponent <= 1.0:
-            fail(f"--importance_exponent must be in [0, 1], got {self.importance_exponent}")
-        if self.exploration not in ("linear", "apex"):
-            fail(f"--exploration must be 'linear' or 'apex', got {self.exploration!r}")
-        if not 0.0 <= self.apex_epsilon <= 1.0 or not self.apex_alpha >= 0:
-            fail(
-                f"--apex_epsilon must be in [0, 1] and --apex_alpha >= 0, got "
-                f"{self.apex_epsilon}, {self.apex_alpha}"
-            )
+            if not ok(value):
+                fail(f"--{name} must be {bound}, got {value}")
         for option in self.env_options:
             if "=" not in option or not option.split("=", 1)[0]:
                 fail(f"--env_options takes KEY=VALUE items, got {option!r}")
-        if self.loss not in LOSSES:
-            fail(f"--loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.learner not in LEARNERS:
-            fail(f"--learner must be one of {LEARNERS}, got {self.learner!r}")
+        choices = dict(_CHOICES, network=NETWORKS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                fail(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.num_atoms, int) or self.num_atoms < 2:
             fail(f"--num_atoms must be an integer >= 2, got {self.num_atoms!r}")
         if not self.v_min < self.v_max:
             fail(f"--v_min must be < --v_max, got {self.v_min} and {self.v_max}")
         if self.munchausen and self.learner not in ("dqn", "iqn"):
             fail(f"--munchausen applies to --learner=dqn or iqn, not {self.learner!r}")
-        if not self.munchausen_tau > 0:
-            fail(f"--munchausen_tau must be > 0, got {self.munchausen_tau}")
-        if not self.munchausen_alpha >= 0:
-            fail(f"--munchausen_alpha must be >= 0, got {self.munchausen_alpha}")
-        if not self.munchausen_l0 <= 0:
-            fail(f"--munchausen_l0 must be <= 0, got {self.munchausen_l0}")
-        if not self.noisy_sigma0 > 0:
-            fail(f"--noisy_sigma0 must be > 0 (--nonoisy for no noise), got {self.noisy_sigma0}")
-        if self.network not in NETWORKS:
-            fail(f"--network must be one of {NETWORKS}, got {self.network!r}")
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
             fail(f"--hidden_sizes must be positive integers, got {list(self.hidden_sizes)}")
         if self.batch_size > self.buffer_size:

@@ -16,3 +16,7 @@ def suggest(name: str, choices) -> str:
     """' (did you mean X?)' for the closest names, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """An output or workdir that was asked for needs a package that is not installed."""

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dqnx.logging import as_path
+from dqnx.files import as_path
 
 # Discrete-action gymnax envs that gymnax.visualize.Visualizer draws (gymnax 1.0).
 # For any other env it writes a GIF of blank frames, so dqnx refuses instead.
@@ -110,7 +110,7 @@ def _evaluate_loaded(run: _Loaded, workdir: Path) -> dict:
         "return_mean": float(returns.mean()),
     }
     if parallel.is_main_process():
-        from dqnx.logging import write_json
+        from dqnx.files import write_json
 
         write_json(workdir / "evaluation.json", result)
     return result

@@ -26,6 +26,32 @@ def linear_schedule(start: float, end: float, decay_steps: int):
     return schedule
 
 
+def linear_value(step, start, delta, decay_steps=None, *, inv_decay_steps=None):
+    """``start + delta * min(step / decay_steps, 1)`` in float32, with traced values.
+
+    ``linear_schedule``'s device arithmetic operand for operand, for values that
+    are traced (one per run of a vmapped sweep): given ``delta = end - start``
+    computed in float64 (as Python computes it for ``linear_schedule``) and, for a
+    traced decay, ``inv_decay_steps = float32(1) / float32(decay_steps)`` (XLA turns
+    a division by a constant into a multiplication by its float32 reciprocal), it
+    returns the bits ``linear_schedule(start, end, decay_steps)(step)`` returns.
+
+    Args:
+      step: int32 step counter.
+      start: value at step 0 (float32, may be traced).
+      delta: ``end - start`` (may be traced).
+      decay_steps: a Python int (a constant of the program), or None with
+        ``inv_decay_steps``.
+      inv_decay_steps: float32 reciprocal of the decay steps (may be traced).
+    """
+    step = jnp.asarray(step, jnp.float32)
+    if inv_decay_steps is None:
+        frac = step / jnp.float32(decay_steps)
+    else:
+        frac = step * inv_decay_steps
+    return jnp.asarray(start + delta * jnp.minimum(frac, jnp.float32(1)), jnp.float32)
+
+
 def epsilon_greedy(key, q_values, epsilon):
     """Greedy action with probability 1 - epsilon, else uniform over all actions.
 

@@ -43,7 +43,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         help_text = docs.get(field.name, field.name)
         default = field.default
         hint = hints[field.name]
-        if hint is bool:
+        if field.name == "sweep":  # repeatable; an item holds commas itself
+            flags.DEFINE_multi_string(field.name, [], help_text, flag_values=flag_values)
+        elif hint is bool:
             flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
         elif hint is int:
             flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
@@ -62,8 +64,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
-        if field.name == "env_options":
-            value = tuple(value)
+        if field.name in ("env_options", "sweep"):
+            value = tuple(value or ())
         if field.name == "hidden_sizes":
             try:
                 value = tuple(int(v) for v in value)

@@ -100,23 +100,9 @@ class FrameReplayState(NamedTuple):
 
 
 # vmap axes of a FrameReplayState over seeds that add to the same group in lockstep.
-FRAME_REPLAY_SEED_AXES = FrameReplayState(
-    frames=0,
-    action=0,
-    reward=0,
-    terminated=0,
-    truncated=0,
-    first=0,
-    final_index=0,
-    final_frames=0,
-    final_owner=0,
-    final_pos=0,
-    valid=0,
-    tree=0,
-    max_priority=0,
-    pos=None,
-    fill=None,
-)
+FRAME_REPLAY_SEED_AXES = FrameReplayState._make(
+    None if name in ("pos", "fill") else 0 for name in FrameReplayState._fields
+)  # the write position and fill are shared; everything else is per seed
 
 
 class FrameReplay(NamedTuple):

@@ -16,7 +16,8 @@ The heads share their stream options (``NoisyQHead`` is always noisy):
 - ``hidden_sizes``: ReLU layers inside each stream, before its output layer;
 - ``noisy``: every layer of the streams a ``NoisyDense`` (Fortunato et al., 2018,
   arXiv:1706.10295);
-- ``sigma0``: initial noise scale of every ``NoisyDense``.
+- ``sigma0``: initial noise scale of every ``NoisyDense``;
+- ``dtype``: the layers' compute dtype (None: float32; ``layers`` module docstring).
 
 Noisy heads need ``rngs={"noise": key}`` in ``apply``, or ``deterministic=True`` in
 the call for the means only. Layers are flax's ``nn.Dense`` (``NoisyDense`` when
@@ -29,20 +30,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dqnx.distributional import categorical_q_values, quantile_midpoints
-from dqnx.layers import Dense
+from dqnx.layers import Dense, compute_kwargs
 from dqnx.noisy import NoisyDense
 
 
-def _linear(h, features, *, name, noisy, sigma0, deterministic):
+def _linear(h, features, *, name, noisy, sigma0, deterministic, dtype=None):
     if noisy:
-        return NoisyDense(features, sigma0, name=name)(h, deterministic=deterministic)
-    return nn.Dense(features, name=name)(h)
+        return NoisyDense(features, sigma0, dtype=dtype, name=name)(h, deterministic=deterministic)
+    return nn.Dense(features, name=name, **compute_kwargs(dtype))(h)
 
 
 def _action_values(
@@ -55,11 +57,12 @@ def _action_values(
     noisy: bool,
     sigma0: float,
     deterministic: bool | None,
+    dtype: Any = None,
 ) -> jax.Array:
     """Features ``[..., D]`` -> ``[..., A, *event_shape]``, linear or dueling."""
     size = math.prod(event_shape)
     lead = h.shape[:-1]
-    layer = dict(noisy=noisy, sigma0=sigma0, deterministic=deterministic)
+    layer = dict(noisy=noisy, sigma0=sigma0, deterministic=deterministic, dtype=dtype)
 
     def stream(features, name):
         x = h
@@ -75,11 +78,16 @@ def _action_values(
 
 
 class _StreamsHead(nn.Module):
-    """A head whose fields include ``num_actions`` and the stream options.
+    """A head of ``num_actions`` with the stream options (module docstring), which are
+    keyword-only: a subclass's own fields (its size) follow ``num_actions`` positionally."""
 
-    Each subclass declares its own fields: inherited ones would come first, before the
-    subclass's size field, and change its positional order (``num_actions``, size, options).
-    """
+    num_actions: int
+    _: dataclasses.KW_ONLY
+    dueling: bool = False
+    noisy: bool = False
+    hidden_sizes: Sequence[int] = ()
+    sigma0: float = 0.5
+    dtype: Any = None
 
     def _streams(self, h, event_shape, deterministic):
         """``_action_values`` of ``h`` with this head's options."""
@@ -92,6 +100,7 @@ class _StreamsHead(nn.Module):
             noisy=self.noisy,
             sigma0=self.sigma0,
             deterministic=deterministic,
+            dtype=self.dtype,
         )
 
 
@@ -103,11 +112,7 @@ class NoisyQHead(_StreamsHead):
       dueling, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
-    num_actions: int
-    dueling: bool = False
-    hidden_sizes: Sequence[int] = ()
-    sigma0: float = 0.5
-    noisy = True  # always; not a field
+    noisy: bool = True
 
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -128,12 +133,7 @@ class DistributionalHead(_StreamsHead):
       dueling, noisy, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
-    num_actions: int
     num_atoms: int
-    dueling: bool = False
-    noisy: bool = False
-    hidden_sizes: Sequence[int] = ()
-    sigma0: float = 0.5
 
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -153,12 +153,7 @@ class QuantileHead(_StreamsHead):
       dueling, noisy, hidden_sizes, sigma0: the stream options (module docstring).
     """
 
-    num_actions: int
     num_quantiles: int
-    dueling: bool = False
-    noisy: bool = False
-    hidden_sizes: Sequence[int] = ()
-    sigma0: float = 0.5
 
     @nn.compact
     def __call__(self, h: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -184,12 +179,7 @@ class IQNHead(_StreamsHead):
         ``hidden_sizes`` come after the product.
     """
 
-    num_actions: int
     embedding_dim: int = 64
-    dueling: bool = False
-    noisy: bool = False
-    hidden_sizes: Sequence[int] = ()
-    sigma0: float = 0.5
 
     @nn.compact
     def __call__(
@@ -200,7 +190,8 @@ class IQNHead(_StreamsHead):
             raise ValueError(f"expects h [B, D] and taus [B, N]; got {h.shape} and {taus.shape}")
         i = jnp.arange(self.embedding_dim, dtype=h.dtype)  # [n]
         cosines = jnp.cos(jnp.pi * i * taus[..., None].astype(h.dtype))  # [B, N, n]
-        phi = nn.relu(nn.Dense(h.shape[-1], name="tau_embedding")(cosines))  # [B, N, D]
+        embed = nn.Dense(h.shape[-1], name="tau_embedding", **compute_kwargs(self.dtype))
+        phi = nn.relu(embed(cosines))  # [B, N, D]
         return self._streams(h[:, None, :] * phi, (), deterministic)  # [B, N, A]
 
 
@@ -210,13 +201,14 @@ class QHead(nn.Module):
 
     num_actions: int
     dueling: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, h):
         if not self.dueling:
-            return Dense(self.num_actions, name="q")(h)
-        value = Dense(1, name="value")(h)  # [B, 1]
-        adv = Dense(self.num_actions, name="advantage")(h)  # [B, A]
+            return Dense(self.num_actions, dtype=self.dtype, name="q")(h)
+        value = Dense(1, dtype=self.dtype, name="value")(h)  # [B, 1]
+        adv = Dense(self.num_actions, dtype=self.dtype, name="advantage")(h)  # [B, A]
         return value + adv - adv.mean(axis=-1, keepdims=True)
 
 
@@ -303,7 +295,7 @@ PLAIN_HEAD = Head()
 
 
 def output_head(head: Head, num_actions: int, dueling: bool, h, *, hidden_sizes=(),
-                taus=None, deterministic=None):  # fmt: skip
+                taus=None, deterministic=None, dtype=None):  # fmt: skip
     """Features ``h [B, D]`` through the head ``head`` names; call inside a torso's
     ``nn.compact`` ``__call__`` (the head becomes its submodule).
 
@@ -315,11 +307,12 @@ def output_head(head: Head, num_actions: int, dueling: bool, h, *, hidden_sizes=
       taus: IQN's fractions ``[B, N]``; None gives the ``num_quantile_samples``
         midpoints ``(2i + 1) / 2K`` (a deterministic estimate, used by ``init``).
       deterministic: noisy heads: True uses the means only.
+      dtype: the layers' compute dtype (None: float32).
     """
     if head.is_plain:
-        return QHead(num_actions, dueling)(h)  # QHead_0: the default parameter tree
+        return QHead(num_actions, dueling, dtype)(h)  # QHead_0: the default parameter tree
     common = dict(num_actions=num_actions, dueling=dueling, hidden_sizes=hidden_sizes,
-                  sigma0=head.sigma0)  # fmt: skip
+                  sigma0=head.sigma0, dtype=dtype)  # fmt: skip
     if head.kind == "q":
         return NoisyQHead(**common)(h, deterministic)
     if head.kind == "categorical":

@@ -1,13 +1,29 @@
-"""Layers with the maths and parameters of flax's, formulated for speed on XLA:CPU.
+"""Layers with the maths and parameters of flax's, formulated for speed on XLA:CPU,
+and the compute dtype of every layer of dqnx's networks.
 
 - ``Dense``: ``nn.Dense`` whose kernel gradient comes out in the kernel's layout;
 - ``PatchConv``: a VALID stride-1 ``nn.Conv`` as one matmul over im2col patches;
-- ``pixels_nhwc``: channel-first pixel stacks to float32 ``[B, H, W, C]`` in [0, 1].
+- ``pixels_nhwc``: channel-first pixel stacks to float32 ``[B, H, W, C]`` in [0, 1];
+- ``compute_kwargs``: what makes a flax ``nn.Dense``/``nn.Conv`` compute in a
+  lower precision the way ``Dense`` and ``PatchConv`` do.
+
+**Compute dtype** (``dtype`` of every layer here and in ``heads``, ``noisy``):
+None (or float32) is flax's default promotion, float32 for float32 parameters:
+the exact maths of a layer without the field. bfloat16 (or float16): each matmul
+and convolution takes its inputs and kernel in that dtype and accumulates and
+returns float32; biases, activations, parameters (``param_dtype`` float32),
+gradients and the optimizer stay float32. The gradient of such an op is taken
+with its output gradient cast to the compute dtype, so the backward matmuls run
+in it too; ``Dense`` and the bfloat16 ``PatchConv`` return their kernel gradient
+in float32 (accumulated in float32, never rounded to bfloat16).
 
 Measured effects are in the README's Performance section (``scripts/bench.py``).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,11 +31,30 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def accumulation_dtype(dtype) -> Any:
+    """float32 for a floating compute dtype narrower than float32 (bfloat16,
+    float16), else None: the ``preferred_element_type`` of its matmuls."""
+    if dtype is None:
+        return None
+    dtype = jnp.dtype(dtype)
+    narrow = jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
+    return jnp.dtype(jnp.float32) if narrow else None
+
+
 @jax.custom_vjp
 def dense_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``x [..., in] @ kernel [in, out]``; its VJP gives the kernel's gradient
-    directly in the kernel's ``[in, out]`` layout (see ``Dense``)."""
-    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    directly in the kernel's ``[in, out]`` layout (see ``Dense``).
+
+    ``x`` in a narrow float (bfloat16): the kernel is cast to ``x``'s dtype, the
+    product accumulated and returned in float32, and the backward matmuls take
+    the output gradient in ``x``'s dtype; the kernel's gradient is accumulated
+    in float32 and returned in the kernel's dtype."""
+    acc = accumulation_dtype(x.dtype)
+    if acc is None:
+        return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    k = kernel.astype(x.dtype)
+    return lax.dot_general(x, k, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=acc)
 
 
 def _dense_matmul_fwd(x, kernel):
@@ -28,10 +63,17 @@ def _dense_matmul_fwd(x, kernel):
 
 def _dense_matmul_bwd(residuals, g):
     x, kernel = residuals
-    dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    acc = accumulation_dtype(x.dtype)
+    if acc is not None:  # the narrow-float path: backward matmuls in x's dtype
+        g, kernel_c = g.astype(x.dtype), kernel.astype(x.dtype)
+    else:
+        kernel_c = kernel
+    dx = lax.dot_general(g, kernel_c, (((g.ndim - 1,), (1,)), ((), ())))
     x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    dkernel = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))  # x^T g: [in, out]
-    return dx, dkernel
+    dkernel = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    if dkernel.dtype != kernel.dtype:
+        dkernel = dkernel.astype(kernel.dtype)
+    return dx, dkernel  # x^T g: [in, out]
 
 
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
@@ -52,7 +94,8 @@ class Dense(nn.Dense):
 
     Only first-order reverse mode is defined (``jax.grad``/``jax.vjp``; a
     ``custom_vjp``): forward-mode or higher-order differentiation through it
-    raises. ``precision`` and ``dot_general`` are not used.
+    raises. ``precision`` and ``dot_general`` are not used. A narrow ``dtype``
+    (bfloat16) computes as the module docstring says: float32 output.
     """
 
     @nn.compact
@@ -63,7 +106,10 @@ class Dense(nn.Dense):
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        if accumulation_dtype(self.dtype) is None:
+            inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        else:  # dense_matmul casts the kernel; the bias is added in float32
+            inputs = jnp.asarray(inputs, self.dtype)
         y = dense_matmul(inputs, kernel)
         if bias is not None:
             y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
@@ -96,15 +142,18 @@ class PatchConv(nn.Module):
     dtype (bool observations: a quarter of the bytes of float32) and cast
     afterwards; then one ``dot_general`` (a batched matmul under ``vmap``).
 
-    Used on every backend, not only on CPU (no ``jax.default_backend()``
-    switch): it is slices, a concatenate and a matmul, which a GPU/TPU runs
-    about as well as a convolution at these sizes (the patches have ~6x the
-    input's elements, a few MB at most, and the layer is small next to the dense
-    ones), and one formulation keeps results the same across backends.
+    Which of the two a network uses is ``--conv_impl`` (``MinAtarCNN``); its
+    default comes from ``platforms.PlatformChoices.conv_impl``: this layer on
+    CPU, ``nn.Conv`` on GPU and TPU, whose convolutions XLA tunes.
+
+    ``dtype``: None (float32) as above, exactly; bfloat16: the patches and the
+    kernel in bfloat16 through ``dense_matmul`` (float32 accumulation, output,
+    bias and kernel gradient).
     """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
@@ -118,6 +167,9 @@ class PatchConv(nn.Module):
         cols = jnp.concatenate([x[:, :, j : j + out_w] for j in range(kw)], axis=-1)
         patches = jnp.concatenate([cols[:, i : i + out_h] for i in range(kh)], axis=-1)
         # cols [B, H, out_w, kw*C]; patches [B, out_h, out_w, kh*kw*C]
+        if accumulation_dtype(self.dtype) is not None:
+            y = dense_matmul(patches.astype(self.dtype), kernel.reshape(kh * kw * cin, -1))
+            return y + bias  # float32
         dtype = jnp.promote_types(x.dtype, kernel.dtype)
         y = lax.dot_general(
             patches.astype(dtype),
@@ -125,6 +177,55 @@ class PatchConv(nn.Module):
             (((3,), (0,)), ((), ())),
         )  # [B, out_h, out_w, features]
         return y + bias.astype(dtype)
+
+
+def _float32_out(op, lhs, rhs, *args, **kwargs):
+    """``op`` (``lax.dot_general``/``conv_general_dilated``) of narrow-float
+    operands, accumulated and returned in float32; its gradient is the plain
+    ``op``'s at the output gradient cast to the operands' dtype."""
+    kwargs.pop("preferred_element_type", None)
+
+    @jax.custom_vjp
+    def apply(a, b):
+        return op(a, b, *args, preferred_element_type=jnp.float32, **kwargs)
+
+    def bwd(residuals, g):
+        a, b = residuals
+        _, vjp = jax.vjp(lambda a, b: op(a, b, *args, **kwargs), a, b)
+        return vjp(g.astype(a.dtype))
+
+    apply.defvjp(lambda a, b: (apply(a, b), (a, b)), bwd)
+    return apply(lhs, rhs)
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [..., p] @ w [p, q]``: exactly ``x @ w``, or for narrow-float
+    operands accumulated and returned in float32 (gradients as ``compute_kwargs``)."""
+    if accumulation_dtype(x.dtype) is None:
+        return x @ w
+    return _float32_out(lax.dot_general, x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _cast_operands(inputs, kernel, bias, dtype=None, inexact=True):
+    """flax's ``promote_dtype`` for a narrow compute dtype: the op's operands in
+    ``dtype``, the bias left in float32 (added to the float32 output)."""
+    del inexact
+    return jnp.asarray(inputs, dtype), jnp.asarray(kernel, dtype), bias
+
+
+def compute_kwargs(dtype, conv: bool = False) -> dict:
+    """Keyword arguments that make a flax ``nn.Dense`` (``nn.Conv`` with
+    ``conv``) compute in ``dtype`` as ``Dense`` does: {} for None or float32
+    (flax's default maths, exactly); for bfloat16, ``dtype``, operands cast to
+    it (bias not) and a ``dot_general``/``conv_general_dilated`` with float32
+    accumulation and output."""
+    if accumulation_dtype(dtype) is None:
+        return {}
+    kwargs = {"dtype": dtype, "promote_dtype": _cast_operands}
+    if conv:
+        op = functools.partial(_float32_out, lax.conv_general_dilated)
+        return {**kwargs, "conv_general_dilated": op}
+    return {**kwargs, "dot_general": functools.partial(_float32_out, lax.dot_general)}
 
 
 def pixels_nhwc(obs: jax.Array) -> jax.Array:

@@ -43,11 +43,13 @@ def make_optimizer(
     anneal_steps: int = 0,
 ):
     """Adam, after global-norm clipping when ``max_grad_norm > 0``; with
-    ``anneal_steps > 0`` the step size decays linearly to 0 over that many updates."""
+    ``anneal_steps > 0`` the step size decays linearly to 0 over that many updates.
+    ``learning_rate``, ``adam_eps`` and ``max_grad_norm`` may be traced scalars (a
+    vmapped sweep); a traced ``max_grad_norm`` always clips."""
     if anneal_steps > 0:
         learning_rate = optax.linear_schedule(learning_rate, 0.0, anneal_steps)
     adam = optax.adam(learning_rate, eps=adam_eps)
-    if max_grad_norm > 0:
+    if not isinstance(max_grad_norm, int | float) or max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
     return adam
 
@@ -60,8 +62,8 @@ def make_learner(
     double_q: bool = True,
     loss: str | Callable[[jax.Array], jax.Array] = "huber",
     huber_delta: float = 1.0,
-    target_update_period: int = 1,
-    tau: float = 1.0,
+    target_update_period: int | jax.Array = 1,
+    tau: float | jax.Array | tuple[jax.Array, jax.Array] = 1.0,
     axis_name: str | None = None,
     num_tau_samples: int = 64,
     num_tau_prime_samples: int = 64,
@@ -78,6 +80,12 @@ def make_learner(
     key kept in ``LearnerState.key``: update ``k`` draws from ``fold_in(key, k)``
     (and, over a data axis, each shard from its own fold of that), so a run is
     deterministic and resumes exactly; seeds differ by their init keys.
+
+    ``gamma``, ``huber_delta`` (DQN), ``target_update_period``, ``tau``, Munchausen's
+    alpha and l0 and the optimizer's hyperparameters may be traced scalars (the runs
+    of a vmapped sweep). A traced ``tau`` may come as the pair ``(tau, 1 - tau)``
+    with ``1 - tau`` computed in float64, so its average rounds as a Python float's
+    does; a traced ``tau == 1`` copies, as a Python 1.0 does.
 
     Args:
       network: flax module mapping [B, *obs] to its head's output (Q-values
@@ -149,10 +157,7 @@ def make_learner(
         params = optax.apply_updates(state.params, updates)
         num_updates = state.num_updates + 1
         refresh = num_updates % target_update_period == 0
-        if tau == 1.0:
-            fresh = params
-        else:
-            fresh = optax.incremental_update(params, state.target_params, tau)
+        fresh = _refreshed(params, state.target_params, tau)
         target_params = jax.tree.map(
             lambda f, o: jnp.where(refresh, f, o), fresh, state.target_params
         )
@@ -164,3 +169,13 @@ def make_learner(
         return state, metrics
 
     return Learner(init, update, update_weighted)
+
+
+def _refreshed(params, target_params, tau):
+    """The target parameters a refresh at rate ``tau`` writes (see ``make_learner``)."""
+    if isinstance(tau, int | float):
+        return params if tau == 1.0 else optax.incremental_update(params, target_params, tau)
+    tau, complement = tau if isinstance(tau, tuple) else (tau, 1.0 - tau)
+    # optax.incremental_update's expression, with the complement given.
+    polyak = jax.tree.map(lambda new, old: tau * new + complement * old, params, target_params)
+    return jax.tree.map(lambda new, avg: jnp.where(tau == 1.0, new, avg), params, polyak)

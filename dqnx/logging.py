@@ -6,13 +6,8 @@ One record per compiled chunk (a dict as ``shell.run`` builds it: ``env_steps``,
 ``metrics.jsonl``, ``metrics.csv``, TensorBoard and optionally Weights & Biases;
 ``dqnx.progress`` shows it on the console.
 
-Every file under the workdir goes through :func:`as_path` (``etils.epath``), so
-``--workdir`` may be a local directory or ``gs://BUCKET/PATH`` (``pip install
-'dqnx[gcs]'``). Objects in a bucket cannot be appended to or renamed atomically,
-but an object write is atomic by itself: on a remote path (:func:`is_remote`) a
-file is replaced by writing it whole, and the append-only metric files are kept
-in memory and written whole after each record (they are small: one line per
-chunk). Local files keep temporary-file + rename and appends.
+Files are written through ``dqnx.files``, so the workdir may be local or
+``gs://...``; the metric files are append-only (``files.Appender``).
 """
 
 from __future__ import annotations
@@ -29,120 +24,24 @@ from typing import Any
 
 from etils import epath
 
-from dqnx.errors import ConfigError
+from dqnx import files
+from dqnx.errors import MissingDependencyError
 
-_GCS = "gs://"
-
-
-def _clean(value):
-    """JSON-safe copy: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _clean(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def as_path(path: str | os.PathLike) -> epath.Path:
-    """``path`` as an ``etils.epath.Path``: a local path, or ``gs://...`` through gcsfs."""
-    return epath.Path(path)
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True for a path in an object store (``gs://...``): files there are written
-    whole, never appended to or renamed into place."""
-    return "://" in os.fspath(path)
-
-
-def replace_text(path: str | os.PathLike, text: str) -> None:
-    """Replaces the file at ``path`` with ``text`` so that readers see the old or
-    the new file, never a part: locally a temporary file (fsynced) renamed over it;
-    remotely one object write, atomic by itself."""
-    path = as_path(path)
-    if is_remote(path):
-        path.write_bytes(text.encode())
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Writes ``obj`` to ``path`` atomically (see :func:`replace_text`)."""
-    replace_text(path, json.dumps(_clean(obj), indent=2) + "\n")
-
-
-class _Appender:
-    """Appends text to a file, flushed at every write so a crash loses nothing written.
-
-    Locally through a file opened for appending. Remotely (objects cannot be
-    appended to) the file's text is kept in memory and written whole at every
-    write: one atomic object write, so a reader never sees a cut line.
-    """
-
-    def __init__(self, path: epath.Path):
-        self.path = path
-        self._remote = is_remote(path)
-        if self._remote:
-            self._text = path.read_bytes().decode() if path.exists() else ""
-        else:
-            self._f = open(path, "a", newline="")
-
-    def size(self) -> int:
-        return len(self._text) if self._remote else self._f.tell()
-
-    def write(self, text: str) -> None:
-        if self._remote:
-            self._text += text
-            self.path.write_bytes(self._text.encode())
-        else:
-            self._f.write(text)
-            self._f.flush()
-
-    def close(self) -> None:
-        if not self._remote:
-            self._f.close()
+__all__ = ["MissingDependencyError"]  # raised here; defined in dqnx.errors
 
 
 class JsonlWriter:
     """Appends one JSON object per line and flushes it, so a crash loses nothing written."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = as_path(path)
-        self._f = _Appender(self.path)
+        self.path = files.as_path(path)
+        self._f = files.Appender(self.path)
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(_clean(record)) + "\n")
+        self._f.write(json.dumps(files.clean(record)) + "\n")
 
     def close(self) -> None:
         self._f.close()
-
-
-class MissingDependencyError(ConfigError, ImportError):
-    """An output that was asked for needs a package that is not installed."""
-
-
-def require_filesystem(workdir: str | os.PathLike) -> None:
-    """Fails early (before anything compiles) if ``workdir`` is in a bucket whose
-    filesystem package is missing.
-
-    Raises:
-      MissingDependencyError: ``gs://`` without ``gcsfs``, in one line.
-    """
-    if os.fspath(workdir).startswith(_GCS):
-        try:
-            importlib.import_module("gcsfs")
-        except ImportError:
-            raise MissingDependencyError(
-                f"--workdir={os.fspath(workdir)} needs the 'gcsfs' package: pip install 'dqnx[gcs]'"
-            ) from None
 
 
 def _import(module: str, purpose: str, package: str | None = None):
@@ -247,13 +146,13 @@ class CsvWriter:
     """
 
     def __init__(self, path: str | os.PathLike, fieldnames: list[str] | None = None):
-        self.path = as_path(path)
+        self.path = files.as_path(path)
         self.fieldnames: list[str] = _read_header(self.path)
         declared = [n for n in fieldnames or () if n not in self.fieldnames]
-        self._f: _Appender | None = None
+        self._f: files.Appender | None = None
         if declared:
             self._extend(declared)
-        self._f = _Appender(self.path)
+        self._f = files.Appender(self.path)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Appends one record as a row (flattened, missing columns left empty)."""
@@ -275,9 +174,9 @@ class CsvWriter:
             rows = _read_rows(self.path)[1:]
             width = len(self.fieldnames)
             padded = [r + [""] * (width - len(r)) for r in rows]
-            replace_text(self.path, _csv_text([self.fieldnames, *padded]))
+            files.replace_text(self.path, _csv_text([self.fieldnames, *padded]))
         if self._f is not None:
-            self._f = _Appender(self.path)
+            self._f = files.Appender(self.path)
 
     def close(self) -> None:
         if self._f is not None:
@@ -324,7 +223,7 @@ class TensorBoardWriter:
 
     def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
         tensorboardx = _import("tensorboardX", "TensorBoard logging", "tensorboardX")
-        self.logdir = as_path(logdir)
+        self.logdir = files.as_path(logdir)
         self._w = tensorboardx.SummaryWriter(str(self.logdir), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -363,7 +262,7 @@ class WandbWriter:
         config = config.to_dict() if hasattr(config, "to_dict") else config
         self._run = wandb.init(
             project=project,
-            config=_clean(dict(config or {})),
+            config=files.clean(dict(config or {})),
             name=run_name,
             dir=None if directory is None else str(directory),
         )
@@ -379,7 +278,7 @@ class WandbWriter:
 
 def remove_outputs(workdir: str | os.PathLike) -> None:
     """Deletes the metric outputs of an earlier run in ``workdir`` (for a fresh start)."""
-    workdir = as_path(workdir)
+    workdir = files.as_path(workdir)
     for name in ("metrics.jsonl", "metrics.csv"):
         (workdir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
@@ -424,7 +323,7 @@ class MetricWriters:
         if not is_main_process:
             return
         require_outputs(tensorboard=tensorboard, wandb_project=wandb_project)
-        workdir = as_path(workdir)
+        workdir = files.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         purge = None if resume_step is None else int(resume_step) + 1
         opens = [
@@ -434,8 +333,8 @@ class MetricWriters:
         if tensorboard:
             opens.append(lambda: TensorBoardWriter(workdir / "tensorboard", purge_step=purge))
         if wandb_project:
-            name = run_name or (workdir if is_remote(workdir) else workdir.resolve()).name
-            local = None if is_remote(workdir) else workdir  # W&B keeps its files locally
+            name = run_name or (workdir if files.is_remote(workdir) else workdir.resolve()).name
+            local = None if files.is_remote(workdir) else workdir  # W&B keeps its files locally
             opens.append(lambda: WandbWriter(wandb_project, config, name, local))
         try:
             for open_writer in opens:

@@ -8,18 +8,25 @@ intensities ``[B, C, H, W]`` (uint8 in replay) and scale them to ``[0, 1]``
 themselves. ``q_values`` is the one map from any of these networks (or any module
 returning ``[B, A]``) to Q-values: acting, evaluation and the learner's action
 selection all go through it.
+
+``dtype`` (``make_q_network(..., dtype=)``, ``--compute_dtype``) is the layers'
+compute dtype: None/float32, or bfloat16 for matmuls and convolutions in
+bfloat16 with float32 parameters (``layers`` module docstring). Whatever it is,
+a network's output is float32, so the losses and Q-values never see bfloat16.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx import platforms
 from dqnx.heads import HEADS, PLAIN_HEAD, Head, QHead, output_head
-from dqnx.layers import Dense, PatchConv, dense_matmul, pixels_nhwc
+from dqnx.layers import Dense, PatchConv, compute_kwargs, dense_matmul, pixels_nhwc
 from dqnx.noisy import NOISE_RNG
 
 __all__ = [  # the layers and heads are re-exported: ``networks.Head`` etc. keep working
@@ -36,24 +43,27 @@ class Torso(nn.Module):
 
     Every torso is called as ``(obs [B, ...], taus=None, deterministic=None)``:
     ``taus [B, N]`` are IQN's fractions, ``deterministic`` the noisy heads' switch
-    to their means (see ``output_head``); other heads ignore them.
+    to their means (see ``output_head``); other heads ignore them. ``dtype`` is
+    every layer's compute dtype (None: float32); the output is float32.
     """
 
     num_actions: int
     hidden_sizes: Sequence[int] = (128, 128)
     dueling: bool = False
     head: Head = PLAIN_HEAD
+    dtype: Any = None
 
     def dense_layers_and_head(self, h: jax.Array, taus=None, deterministic=None) -> jax.Array:
         """Features ``h [B, D]`` -> the head's output. Call inside the torso's
         ``nn.compact`` ``__call__``: the layers are its ``Dense_i``, then the head."""
         torso, head_hidden = self.head.split_hidden(self.hidden_sizes)
         for size in torso:
-            h = nn.relu(Dense(size)(h))
-        return output_head(
+            h = nn.relu(Dense(size, dtype=self.dtype)(h))
+        out = output_head(
             self.head, self.num_actions, self.dueling, h, hidden_sizes=head_hidden, taus=taus,
-            deterministic=deterministic,
+            deterministic=deterministic, dtype=self.dtype,
         )  # fmt: skip
+        return out if out.dtype == jnp.float32 else out.astype(jnp.float32)
 
 
 class MLP(Torso):
@@ -67,16 +77,27 @@ class MLP(Torso):
 
 class MinAtarCNN(Torso):
     """The MinAtar network (Young & Tian, 2019, arXiv:1903.03176): one 3x3
-    convolution with 16 channels, then dense layers."""
+    convolution with 16 channels, then dense layers.
+
+    ``conv_impl``: the convolution as ``PatchConv`` ("patches") or ``nn.Conv``
+    ("xla"), or "auto": the platform's choice (``platforms``: patches on CPU).
+    Both are named "Conv_0" with the same parameters: checkpoints are
+    interchangeable, the outputs equal up to float rounding."""
 
     hidden_sizes: Sequence[int] = (128,)
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, obs, taus=None, deterministic=None):
         # obs [B, H, W, C] goes in uncast (PatchConv builds its patches in the
         # input dtype, then promotes to float32). Named "Conv_0", the name
         # nn.Conv had here, so the parameter tree is unchanged.
-        h = nn.relu(PatchConv(16, (3, 3), name="Conv_0")(obs))
+        if platforms.resolve_conv_impl(self.conv_impl) == "patches":
+            conv = PatchConv(16, (3, 3), dtype=self.dtype, name="Conv_0")
+        else:
+            kwargs = compute_kwargs(self.dtype, conv=True)
+            conv = nn.Conv(16, (3, 3), padding="VALID", name="Conv_0", **kwargs)
+        h = nn.relu(conv(obs))
         h = h.reshape(h.shape[0], -1)
         return self.dense_layers_and_head(h, taus, deterministic)
 
@@ -97,9 +118,10 @@ class NatureCNN(Torso):
     @nn.compact
     def __call__(self, obs, taus=None, deterministic=None):
         h = pixels_nhwc(obs)  # [B, 84, 84, 4]
-        h = nn.relu(nn.Conv(32, (8, 8), strides=(4, 4), padding="VALID")(h))  # [B, 20, 20, 32]
-        h = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding="VALID")(h))  # [B, 9, 9, 64]
-        h = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(h))  # [B, 7, 7, 64]
+        c = compute_kwargs(self.dtype, conv=True)
+        h = nn.relu(nn.Conv(32, (8, 8), (4, 4), "VALID", **c)(h))  # [B, 20, 20, 32]
+        h = nn.relu(nn.Conv(64, (4, 4), (2, 2), "VALID", **c)(h))  # [B, 9, 9, 64]
+        h = nn.relu(nn.Conv(64, (3, 3), (1, 1), "VALID", **c)(h))  # [B, 7, 7, 64]
         h = h.reshape(h.shape[0], -1)  # [B, 3136]
         return self.dense_layers_and_head(h, taus, deterministic)
 
@@ -108,11 +130,13 @@ class ImpalaResidualBlock(nn.Module):
     """``x + conv(relu(conv(relu(x))))`` with 3x3 SAME convolutions of ``channels``."""
 
     channels: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Conv(self.channels, (3, 3), padding="SAME")(nn.relu(x))
-        h = nn.Conv(self.channels, (3, 3), padding="SAME")(nn.relu(h))
+        conv = compute_kwargs(self.dtype, conv=True)
+        h = nn.Conv(self.channels, (3, 3), padding="SAME", **conv)(nn.relu(x))
+        h = nn.Conv(self.channels, (3, 3), padding="SAME", **conv)(nn.relu(h))
         return x + h
 
 
@@ -133,11 +157,12 @@ class ImpalaCNN(Torso):
     @nn.compact
     def __call__(self, obs, taus=None, deterministic=None):
         h = pixels_nhwc(obs)  # [B, 84, 84, 4]
+        conv = compute_kwargs(self.dtype, conv=True)
         for channels in self.channels:
-            h = nn.Conv(channels, (3, 3), padding="SAME")(h)
+            h = nn.Conv(channels, (3, 3), padding="SAME", **conv)(h)
             h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")  # [B, ceil(H/2), ..]
-            h = ImpalaResidualBlock(channels)(h)
-            h = ImpalaResidualBlock(channels)(h)
+            h = ImpalaResidualBlock(channels, self.dtype)(h)
+            h = ImpalaResidualBlock(channels, self.dtype)(h)
         h = nn.relu(h).reshape(h.shape[0], -1)  # [B, 11 * 11 * 32]
         return self.dense_layers_and_head(h, taus, deterministic)
 
@@ -159,6 +184,9 @@ def make_q_network(
     hidden_sizes: Sequence[int] = (128, 128),
     dueling: bool = False,
     head: Head | None = None,
+    *,
+    dtype: Any = None,
+    conv_impl: str = "auto",
 ) -> nn.Module:
     """The Q-network ``kind`` names: a torso and ``head``.
 
@@ -175,8 +203,15 @@ def make_q_network(
         "nature_cnn", 256 for "impala_cnn").
       dueling: dueling value/advantage head.
       head: the output head (default ``Head()``: Q-values).
+      dtype: compute dtype of the layers, e.g. "bfloat16" (None or "float32":
+        float32, exactly as without it); parameters and output stay float32.
+      conv_impl: the MinAtar CNN's convolution, "auto", "patches" or "xla"
+        (``MinAtarCNN``); other networks have none to choose.
     """
     head = head or PLAIN_HEAD
+    dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
+    if conv_impl not in platforms.CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; one of {platforms.CONV_IMPLS}")
     if kind == "auto":
         if is_channel_first_image(tuple(obs_shape)):
             kind = "nature_cnn"
@@ -184,11 +219,12 @@ def make_q_network(
             kind = "minatar_cnn" if len(obs_shape) == 3 else "mlp"
     if kind in ("nature_cnn", "impala_cnn"):
         cls = NatureCNN if kind == "nature_cnn" else ImpalaCNN
-        return cls(num_actions, dueling=dueling, head=head)
-    if kind not in ("mlp", "minatar_cnn"):
+        return cls(num_actions, dueling=dueling, head=head, dtype=dtype)
+    if kind == "minatar_cnn":
+        return MinAtarCNN(num_actions, tuple(hidden_sizes), dueling, head, dtype, conv_impl)
+    if kind != "mlp":
         raise ValueError(f"unknown network {kind!r}; one of {NETWORKS}")
-    cls = {"mlp": MLP, "minatar_cnn": MinAtarCNN}[kind]
-    return cls(num_actions, tuple(hidden_sizes), dueling, head)
+    return MLP(num_actions, tuple(hidden_sizes), dueling, head, dtype)
 
 
 def head_of(network: nn.Module) -> Head:

@@ -11,9 +11,13 @@ The noise comes from the flax RNG stream ``"noise"``: pass ``rngs={"noise": key}
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dqnx.layers import accumulation_dtype, matmul
 
 NOISE_RNG = "noise"
 
@@ -51,11 +55,15 @@ class NoisyDense(nn.Module):
       features: output size ``q``.
       sigma0: initial noise scale; sigma starts at ``sigma0 / sqrt(p)``.
       deterministic: use the means only (no noise); a call argument overrides it.
+      dtype: compute dtype (None: float32). bfloat16: both matmuls take their
+        inputs and weights in bfloat16 and return float32; the noise is drawn in
+        float32 and the biases, noise scaling and output stay float32.
     """
 
     features: int
     sigma0: float = 0.5
     deterministic: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -74,8 +82,13 @@ class NoisyDense(nn.Module):
         sigma_w = self.param("sigma_w", nn.initializers.constant(self.sigma0 * bound), (p, q))
         mu_b = self.param("mu_b", _symmetric_uniform(bound), (q,))
         sigma_b = self.param("sigma_b", nn.initializers.constant(self.sigma0 * bound), (q,))
-        x, mu_w, sigma_w, mu_b, sigma_b = nn.dtypes.promote_dtype(x, mu_w, sigma_w, mu_b, sigma_b)
-        y = x @ mu_w + mu_b  # [..., q]
+        if accumulation_dtype(self.dtype) is None:
+            x, mu_w, sigma_w, mu_b, sigma_b = nn.dtypes.promote_dtype(
+                x, mu_w, sigma_w, mu_b, sigma_b, dtype=self.dtype
+            )
+        else:
+            x, mu_w, sigma_w = (jnp.asarray(a, self.dtype) for a in (x, mu_w, sigma_w))
+        y = matmul(x, mu_w) + mu_b  # [..., q]
 
         if deterministic is None:
             deterministic = self.deterministic
@@ -89,6 +102,6 @@ class NoisyDense(nn.Module):
                 "or deterministic=True for the means only"
             )
         key_in, key_out = jax.random.split(self.make_rng(NOISE_RNG))
-        f_in = scaled_noise(key_in, (p,), x.dtype)  # [p]
-        f_out = scaled_noise(key_out, (q,), x.dtype)  # [q]
-        return y + ((x * f_in) @ sigma_w) * f_out + sigma_b * f_out
+        f_in = scaled_noise(key_in, (p,), y.dtype).astype(x.dtype)  # [p]
+        f_out = scaled_noise(key_out, (q,), y.dtype)  # [q]
+        return y + matmul(x * f_in, sigma_w) * f_out + sigma_b * f_out

@@ -27,6 +27,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dqnx import platforms
+
 SEEDS = "seeds"
 DATA = "data"
 
@@ -77,7 +79,8 @@ def choose_layout(
 ) -> Layout:
     """Spreads seeds first, then splits each seed's data over what is left.
 
-    ``num_devices=0`` uses the local devices. On a single CPU process it only
+    ``num_devices=0`` uses the local devices. On a single process of a platform
+    without ``platforms.PlatformChoices.split_seed_data`` (CPU) it only
     spreads seeds (as many devices as divide ``num_seeds``) and never splits a
     seed's data: between XLA CPU devices a gradient all-reduce costs more than
     half a DQN batch saves (README, Performance). On accelerators, devices left
@@ -99,7 +102,8 @@ def choose_layout(
     """
     from dqnx.errors import ConfigError
 
-    if num_devices == 0 and jax.default_backend() == "cpu" and jax.process_count() == 1:
+    split = platforms.current().split_seed_data
+    if num_devices == 0 and not split and jax.process_count() == 1:
         return Layout(math.gcd(num_seeds, jax.local_device_count()), 1)
     available = jax.device_count()
     total = num_devices or available
@@ -173,6 +177,48 @@ def to_host(tree):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def devices_by_process() -> list[list]:
+    """Every process's devices (as ``jax.local_devices()`` orders them there), by process."""
+    devices = jax.devices()
+    return [[d for d in devices if d.process_index == p] for p in range(jax.process_count())]
+
+
+def gather_processes(values):
+    """``values`` (a 1-D list of numbers) of every process, stacked ``[processes, n]``
+    as int32 or float32 (all processes must call it together)."""
+    import numpy as np
+
+    values = np.asarray(values)
+    values = values.astype(np.int32 if values.dtype.kind in "iub" else np.float32)
+    processes = jax.process_count()
+    if processes == 1:
+        return values[None]
+    # Over one device per process: this also works where device counts differ.
+    mesh = Mesh(np.array([ds[0] for ds in devices_by_process()]), ("processes",))
+    rows = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, P("processes")), values[None], (processes, *values.shape)
+    )
+    gathered = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))(rows)
+    return np.asarray(gathered.addressable_shards[0].data)
+
+
+def from_process_local(sharding, local_tree, global_rows: int):
+    """One global array per leaf of ``local_tree`` (this process's rows, split over
+    its devices of ``sharding``; leading dimension ``global_rows`` in all)."""
+    if jax.process_count() == 1:
+        return jax.device_put(local_tree, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (global_rows, *x.shape[1:])),
+        local_tree,
+    )
+
+
+def local_copy(tree):
+    """A replicated (possibly multi-process) array's value on one of this process's
+    devices, as a single-device array (no communication)."""
+    return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
 
 
 def _on_multi_host_tpu() -> bool:

@@ -12,7 +12,8 @@ section, from ``scripts/bench.py``):
   faster. The numbers can differ from the default emitters in the last bits of
   float math, so a run is reproducible with the same options, as always.
 
-``DQNX_XLA_CPU_TUNING=0`` turns both off (for A/B timings). An option an XLA
+Whether a platform gets them is decided in ``dqnx.platforms`` (off on GPU and
+TPU); ``DQNX_XLA_CPU_TUNING=0`` turns both off (for A/B timings). An option an XLA
 version no longer knows is dropped after one trial compile, and a JAX without
 the private threefry hook runs with its own lowering: newer JAX keeps working,
 only slower to compile.
@@ -27,17 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
+from dqnx import platforms
+
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def tuning_enabled() -> bool:
-    return os.environ.get("DQNX_XLA_CPU_TUNING", "1") not in ("0", "false", "False", "")
+    """False when ``DQNX_XLA_CPU_TUNING=0`` (``platforms.tuning_enabled``)."""
+    return platforms.tuning_enabled()
 
 
 @functools.cache
 def unroll_threefry_on_cpu() -> bool:
     """Registers the unrolled threefry lowering for CPU; True if it took."""
-    if not tuning_enabled():
+    if not platforms.choices_for("cpu").unroll_threefry:
         return False
     try:
         from jax._src.random import threefry2x32 as tf
@@ -74,15 +78,15 @@ def _supported_level(level: int) -> tuple:
 
 
 def compiler_options() -> dict:
-    """Options for ``Lowered.compile`` on this backend ({} off CPU)."""
-    if not tuning_enabled() or jax.default_backend() != "cpu":
+    """Options for ``Lowered.compile`` of a cold program on this backend ({} off CPU)."""
+    if not platforms.current().fast_compile_cold:
         return {}
     return dict(_supported_cpu_options())
 
 
 def prepare() -> None:
     """Call before lowering anything dqnx compiles (idempotent)."""
-    if jax.default_backend() == "cpu":
+    if platforms.current().unroll_threefry:
         unroll_threefry_on_cpu()
 
 

@@ -13,6 +13,16 @@ seeds, interquartile mean (IQM; Agarwal et al., 2021, "Deep Reinforcement
 Learning at the Edge of the Statistical Precipice"), min, max and a 95%
 bootstrap CI of the mean. It is printed, and written as Markdown with --table.
 
+A sweep (``--sweep``: one workdir whose ``summary.json`` holds ``runs``):
+
+  python scripts/plot.py --sweep runs/sweep [--out sensitivity.png] [--table best.md] [--top 10]
+
+draws one panel per swept hyperparameter: the final greedy return (mean over
+seeds, 95% bootstrap CI over seeds) against its value, one line per setting
+of the other swept fields (or, past 6 of them, pooled over the others); a log
+axis when the values span more than a factor of 20. The table ranks the
+configurations by their mean over seeds.
+
 Needs matplotlib (``pip install -e .[plot]``); does not import JAX.
 """
 
@@ -275,15 +285,168 @@ def plot_curves(curves: list[Curve], out: Path, *, metric: str, title: str = "")
     fig.savefig(out)
 
 
+# ---- sweeps -------------------------------------------------------------------
+
+_RUN_KEYS = ("run", "seed", "eval_return", "params_digest")
+MAX_LINES = 6
+
+
+class SweepPoint(NamedTuple):
+    """One configuration of a sweep: its swept values and final returns over seeds."""
+
+    values: dict
+    returns: np.ndarray  # [S]
+    mean: float
+    ci_low: float
+    ci_high: float
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_sweep(run_dir: Path) -> tuple[list[str], list[SweepPoint]]:
+    """The swept fields and one ``SweepPoint`` per configuration of the sweep whose
+    ``summary.json`` is in ``run_dir``, in sweep order.
+
+    Raises:
+      ValueError: no summary, or a summary without ``runs``.
+    """
+    path = Path(run_dir) / "summary.json"
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        raise ValueError(f"{path}: no sweep summary (a finished --sweep writes one)") from None
+    fields = [k for k in runs[0] if k not in _RUN_KEYS]
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        key = tuple(_hashable(r[f]) for f in fields)
+        ret = math.nan if r.get("eval_return") is None else float(r["eval_return"])
+        groups.setdefault(key, []).append(ret)
+    points = []
+    for key, returns in groups.items():
+        returns = np.asarray(returns)
+        low, high = bootstrap_ci(returns)
+        finite = _finite(returns)
+        mean = float(finite.mean()) if finite.size else math.nan
+        points.append(SweepPoint(dict(zip(fields, key, strict=True)), returns, mean,
+                                 float(low), float(high)))  # fmt: skip
+    return fields, points
+
+
+def _text(value) -> str:
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def best_table(fields: list[str], points: list[SweepPoint], top: int = 10) -> str:
+    """Markdown: the ``top`` configurations by mean final return over seeds."""
+    ranked = sorted(points, key=lambda p: -p.mean if math.isfinite(p.mean) else math.inf)
+    lines = [
+        "| rank | " + " | ".join(fields) + " | seeds | final mean | 95% CI | min | max |",
+        "|---:|" + "---:|" * len(fields) + "---:|---:|---|---:|---:|",
+    ]
+    for i, p in enumerate(ranked[:top], 1):
+        ci = "-" if not math.isfinite(p.ci_low) else f"[{p.ci_low:.2f}, {p.ci_high:.2f}]"
+        finite = _finite(p.returns)
+        lo, hi = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
+        values = " | ".join(_text(p.values[f]) for f in fields)
+        stats = f"{p.returns.size} | {_num(p.mean)} | {ci} | {_num(lo)} | {_num(hi)}"
+        lines.append(f"| {i} | {values} | {stats} |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity(field: str, fields: list[str], points: list[SweepPoint]) -> dict:
+    """``{label: (x [V], mean [V], low [V], high [V])}``: the final return against
+    ``field``, one line per setting of the other fields (past ``MAX_LINES`` of them,
+    or when no value repeats (random search), one line pooled over the others)."""
+    others = [f for f in fields if f != field]
+    settings = {tuple(p.values[f] for f in others) for p in points}
+    xs = sorted({p.values[field] for p in points}, key=lambda v: (isinstance(v, str), v))
+    pooled = len(settings) > MAX_LINES or len(xs) == len(points) > 1 and others
+    lines = {}
+    groups = {"all": points} if pooled or not others else {
+        ", ".join(f"{f}={_text(v)}" for f, v in zip(others, s, strict=True)):
+        [p for p in points if tuple(p.values[f] for f in others) == s] for s in sorted(settings)
+    }  # fmt: skip
+    for label, group in groups.items():
+        row = []
+        for x in xs:
+            returns = [r for p in group if p.values[field] == x for r in p.returns]
+            if not returns:
+                continue
+            low, high = bootstrap_ci(returns)
+            finite = _finite(returns)
+            row.append((x, finite.mean() if finite.size else math.nan, float(low), float(high)))
+        x, mean, low, high = zip(*row, strict=True)
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in x)
+        x = np.array(x, dtype=float) if numeric else np.array([_text(v) for v in x], dtype=object)
+        lines[label] = (x, np.array(mean), np.array(low), np.array(high))
+    return lines
+
+
+def plot_sensitivity(fields: list[str], points: list[SweepPoint], out: Path, title="") -> None:
+    """One panel per swept field: final greedy return (mean, 95% CI over seeds)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * len(fields), 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(fields), squeeze=False)[0]
+    for ax, field in zip(axes, fields, strict=True):
+        lines = sensitivity(field, fields, points)
+        categorical = False
+        for label, (x, mean, low, high) in lines.items():
+            categorical = x.dtype.kind not in "if"
+            xp = np.arange(x.size) if categorical else x
+            (line,) = ax.plot(xp, mean, "o-", label=label)
+            band = np.isfinite(low) & np.isfinite(high)
+            ax.fill_between(xp, low, high, where=band, color=line.get_color(), alpha=0.15)
+            if categorical:
+                ax.set_xticks(xp, list(x))
+        if not categorical:
+            values = np.array([p.values[field] for p in points], dtype=float)
+            if values.min() > 0 and values.max() / values.min() > 20:
+                ax.set_xscale("log")
+        ax.set_xlabel(field)
+        ax.set_ylabel("final greedy return")
+        ax.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(loc="best", fontsize="small")
+    seeds = max(p.returns.size for p in points)
+    fig.suptitle(title or f"sensitivity: mean over {seeds} seeds, 95% bootstrap CI")
+    fig.savefig(out)
+
+
+def main_sweep(args) -> int:
+    try:
+        fields, points = load_sweep(args.dirs[0])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = best_table(fields, points, args.top)
+    print(table, end="")
+    if args.table:
+        args.table.write_text(table)
+    plot_sensitivity(fields, points, args.out, args.title)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run directories (DIR+DIR+... pools seeds)")
+    parser.add_argument("--sweep", action="store_true", help="DIR is a sweep: sensitivity plot")
+    parser.add_argument("--top", type=int, default=10, help="--sweep: configurations in the table")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     parser.add_argument("--labels", default="", help="comma-separated legend labels")
     parser.add_argument("--metric", default="eval_return", help="per-seed metric to plot")
     parser.add_argument("--table", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--title", default="", help="plot title")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return main_sweep(args)
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else []
     if labels and len(labels) != len(args.dirs):

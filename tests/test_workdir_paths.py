@@ -1,5 +1,5 @@
 """A run whose workdir is in a bucket (``gs://``), through the same code path on a
-local directory: ``dqnx.logging.is_remote`` forced true makes every file a whole-file
+local directory: ``dqnx.files.is_remote`` forced true makes every file a whole-file
 write (no appends, no temporary file + rename), as on Cloud Storage."""
 
 import json
@@ -8,8 +8,7 @@ import pytest
 from etils import epath
 from tiny_configs import CARTPOLE
 
-from dqnx import logging as dlog
-from dqnx import shell
+from dqnx import files, shell
 from dqnx.errors import ConfigError
 
 TINY = CARTPOLE.replace(
@@ -34,8 +33,8 @@ def test_remote_branch_writes_whole_files_and_resumes_bit_exact(
     tmp_path, monkeypatch, local_digest
 ):
     remote = []
-    monkeypatch.setattr(dlog, "is_remote", lambda path: remote.append(str(path)) or True)
-    monkeypatch.setattr(dlog, "_Appender", _NoAppend(dlog._Appender))
+    monkeypatch.setattr(files, "is_remote", lambda path: remote.append(str(path)) or True)
+    monkeypatch.setattr(files, "Appender", _NoAppend(files.Appender))
     workdir = epath.Path(tmp_path) / "run"
     part = shell.run(TINY.replace(total_steps=400), workdir, quiet=True)
     assert part["params_digest"] != local_digest
@@ -73,14 +72,14 @@ class _NoAppend:
 
 
 def test_gs_workdir_without_gcsfs_is_one_line_error(monkeypatch):
-    real = dlog.importlib.import_module
+    real = files.importlib.import_module
 
     def no_gcsfs(name, *args):
         if name == "gcsfs":
             raise ImportError("No module named 'gcsfs'")
         return real(name, *args)
 
-    monkeypatch.setattr(dlog.importlib, "import_module", no_gcsfs)
+    monkeypatch.setattr(files.importlib, "import_module", no_gcsfs)
     with pytest.raises(ConfigError) as e:
         shell.run(TINY, "gs://bucket/run", quiet=True)
     assert str(e.value) == (
@@ -89,6 +88,6 @@ def test_gs_workdir_without_gcsfs_is_one_line_error(monkeypatch):
 
 
 def test_is_remote_and_gs_paths():
-    assert dlog.is_remote("gs://bucket/run") and not dlog.is_remote("runs/x")
-    path = dlog.as_path("gs://bucket/run") / "checkpoints"
+    assert files.is_remote("gs://bucket/run") and not files.is_remote("runs/x")
+    path = files.as_path("gs://bucket/run") / "checkpoints"
     assert str(path) == "gs://bucket/run/checkpoints" and path.name == "checkpoints"

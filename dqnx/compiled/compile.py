@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dqnx import parallel, xla
-from dqnx.compiled.state import ChunkMetrics, TrainState, metric_specs, seed_keys, state_specs
+from dqnx.compiled.state import ChunkMetrics, TrainState, metric_specs, state_specs
 from dqnx.compiled.train_fns import TrainFns
 
 
@@ -50,15 +50,17 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
     t_start = time.perf_counter()
     xla.prepare()
     mesh = parallel.make_mesh(fns.layout)
-    specs = state_specs(fns.config)
+    specs = state_specs(fns.config, fns.traces_hparams)
     per_seed, replicated = P(parallel.SEEDS), P()
 
     def scalar(n: int):
         # Made by jitted functions so every process builds its shards of the same arrays.
         return jax.jit(lambda: jnp.int32(n), out_shardings=parallel.shardings(mesh, replicated))()
 
+    # The runs' keys and (a sweep's) traced hyperparameters, the init's inputs.
     keys = jax.jit(
-        lambda: seed_keys(fns.config), out_shardings=parallel.shardings(mesh, per_seed)
+        lambda: (fns.run_keys(), fns.initial_hparams()),
+        out_shardings=parallel.shardings(mesh, per_seed),
     )()
     default_n = fns.config.iterations_per_chunk
     chunk_n = scalar(default_n)
@@ -68,7 +70,7 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
         wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
         return jax.jit(wrapped, donate_argnums=(0,) if donate else ())
 
-    init = parallel.spmd(fns.init, mesh, (per_seed,), specs)
+    init = parallel.spmd(lambda inputs: fns.init(*inputs), mesh, (per_seed,), specs)
     init_jit = jax.jit(init, out_shardings=parallel.shardings(mesh, specs))
     evaluate_jit = spmd_jit(fns.evaluate, (specs,), per_seed, donate=False)
     # Tracing makes many short-lived objects and few cycles; the cyclic collector

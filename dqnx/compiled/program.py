@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dqnx import builder, parallel
+from dqnx import builder, parallel, sweep
 from dqnx.checkpoint import CheckpointError
+from dqnx.compiled import hyper
 from dqnx.compiled.compile import compile_train
 from dqnx.compiled.train_fns import make_train
 from dqnx.config import Config
@@ -17,14 +18,22 @@ class CompiledProgram:
     """Builds and compiles the run ``config`` describes; see ``shell.Program``.
 
     Resume is exact: the checkpointed ``TrainState`` holds the replay, the
-    environments' states, every key and counter.
+    environments' states, every key and counter (and a sweep's hyperparameters).
+
+    With ``program`` (one program of a sweep; default: the config's sweep, if it
+    makes one program) its runs take the place of the seeds: ``num_runs`` of them.
     """
 
     exact_resume = True
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, program: sweep.ProgramPlan | None = None):
         self.config = config
-        self.fns = make_train(config, layout=builder.choose_layout(config))
+        if program is None and config.sweep:
+            (program,) = sweep.plan(config).programs
+        self.program = program
+        self.num_runs = len(program.runs) if program else config.num_seeds
+        layout = builder.choose_layout(config.replace(num_seeds=self.num_runs))
+        self.fns = make_train(config, layout=layout, program=program)
         self.programs = compile_train(self.fns)
         self.compile_s = self.programs.compile_s
         self.state = self.programs.initial_state
@@ -69,7 +78,7 @@ class CompiledProgram:
             q_mean=np.asarray(m.q_sum) / num_updates,
             first_nonfinite=np.asarray(m.first_nonfinite),
             params_finite=np.asarray(m.params_finite),
-            extra={},
+            extra=sweep.run_columns(self.program) if self.program else {},
         )
 
     def evaluate(self) -> np.ndarray:
@@ -84,8 +93,17 @@ class CompiledProgram:
     def online_params(self):
         return self.state.learner.params
 
-    def epsilon(self, env_steps: int) -> float:
+    def epsilon(self, env_steps: int) -> float | list[float]:
+        traced = self.program.traced if self.program else ()
+        if self.config.exploration == "linear" and set(traced) & set(hyper.EPSILON_FIELDS):
+            return hyper.host_epsilons(self.program, env_steps)  # one per run
         return self.fns.schedules.mean_epsilon(env_steps)
+
+    def run_entries(self) -> list[dict] | None:
+        """A sweep's runs for the summary: index, seed and overrides (None: no sweep)."""
+        if not self.program:
+            return None
+        return [dict(run=r.index, seed=r.seed, **r.overrides) for r in self.program.runs]
 
     def close(self) -> None:
         pass

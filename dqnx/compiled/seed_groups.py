@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dqnx import platforms
+
 # On CPU, a learner with at least this many (batch x parameters) multiply-adds
 # per forward pass runs one seed at a time; a smaller one runs seeds in pairs.
 CPU_PAIR_BELOW = 2**22
@@ -29,13 +31,14 @@ def seed_group_size(
 
     Returns:
       The largest divisor of ``local_seeds`` not above the wanted size. The
-      automatic size is every seed at once on accelerators; on CPU, 2 when
+      automatic size is every seed at once on accelerators; where
+      ``platforms.PlatformChoices.cache_sized_seed_groups`` (CPU), 2 when
       ``learner_size < CPU_PAIR_BELOW``, else 1.
     """
-    platform = platform or jax.default_backend()
+    choices = platforms.choices_for(platform) if platform else platforms.current()
     wanted = requested
     if wanted == 0:
-        if platform != "cpu":
+        if not choices.cache_sized_seed_groups:
             wanted = local_seeds
         else:
             wanted = 2 if learner_size < CPU_PAIR_BELOW else 1

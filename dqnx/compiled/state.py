@@ -25,6 +25,7 @@ class TrainState(NamedTuple):
     key: jax.Array  # [S] keys for replay sampling
     nstep: Any = None  # NStepState: the last n-1 steps (n_step > 1 only)
     actor_params: Any = None  # [S] the actors' copy (actor_sync_period > 1 only)
+    hparams: Any = None  # {name: [S]} a sweep's traced hyperparameters (compiled.hyper)
 
 
 class ChunkMetrics(NamedTuple):
@@ -38,8 +39,9 @@ class ChunkMetrics(NamedTuple):
     num_updates: jax.Array  # int32 [] (not per seed)
 
 
-def seed_axes(config: Config) -> TrainState:
-    """vmap axes of a TrainState over seeds."""
+def seed_axes(config: Config, hparams: bool = False) -> TrainState:
+    """vmap axes of a TrainState over seeds (the runs of a sweep); ``hparams``:
+    the state holds a sweep's traced hyperparameters."""
     return TrainState(
         env_steps=None,
         actor=0,
@@ -48,10 +50,11 @@ def seed_axes(config: Config) -> TrainState:
         key=0,
         nstep=nstep_lib.NSTEP_SEED_AXES if config.n_step > 1 else None,
         actor_params=0 if config.actor_sync_period > 1 else None,
+        hparams=0 if hparams else None,
     )
 
 
-def state_specs(config: Config) -> TrainState:
+def state_specs(config: Config, hparams: bool = False) -> TrainState:
     """How a TrainState lies on the (seeds, data) mesh: seeds split every per-seed
     leaf; environments, replay slots and priorities are further split over data;
     parameters, keys and counters are the same on every data shard."""
@@ -75,6 +78,7 @@ def state_specs(config: Config) -> TrainState:
         key=seeds,
         nstep=nstep_specs,
         actor_params=seeds if config.actor_sync_period > 1 else None,
+        hparams=seeds if hparams else None,
     )
 
 
@@ -84,6 +88,9 @@ def metric_specs() -> ChunkMetrics:
     return ChunkMetrics(per_seed, per_seed, per_seed, per_seed, per_seed, P())
 
 
-def seed_keys(config: Config) -> jax.Array:
-    """One independent root key per seed: run ``i`` of a multi-seed run uses ``seed + i``."""
-    return jnp.stack([jax.random.key(config.seed + i) for i in range(config.num_seeds)])
+def seed_keys(config: Config, seeds=None) -> jax.Array:
+    """One independent root key per seed: run ``i`` of a multi-seed run uses ``seed + i``;
+    with ``seeds``, the key of each (the runs of a sweep: ``sweep.Run.seed``)."""
+    if seeds is None:
+        seeds = [config.seed + i for i in range(config.num_seeds)]
+    return jnp.stack([jax.random.key(s) for s in seeds])

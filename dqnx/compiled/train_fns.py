@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from dqnx import actor as actor_lib
-from dqnx import builder, envs, parallel, replay
+from dqnx import builder, envs, parallel, replay, sweep
 from dqnx import learner as learner_lib
 from dqnx import nstep as nstep_lib
-from dqnx.compiled import seed_groups
+from dqnx.compiled import hyper, seed_groups
 from dqnx.compiled.state import ChunkMetrics, TrainState, seed_axes, seed_keys
 from dqnx.config import Config
 from dqnx.learn_step import make_learn_step
@@ -51,6 +51,21 @@ class TrainFns:
     run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
     evaluate: Callable[[TrainState], jax.Array]
     seed_group: int  # seeds a device advances together (seed_group_size)
+    program: sweep.ProgramPlan | None = None  # the sweep's runs this program trains
+    num_runs: int = 0  # vmapped runs: num_seeds, or the sweep program's runs
+
+    @property
+    def traces_hparams(self) -> bool:
+        """The state holds per-run traced hyperparameters (``TrainState.hparams``)."""
+        return bool(self.program and self.program.traced)
+
+    def run_keys(self) -> jax.Array:
+        """The runs' root keys ``[R]``: ``seed_keys``, or the sweep runs' seeds'."""
+        return seed_keys(self.config, hyper.run_seeds(self.program))
+
+    def initial_hparams(self):
+        """The runs' traced hyperparameters ``{name: [R]}`` (None without)."""
+        return hyper.device_hparams(self.program)
 
     def make_chunk(self, num_iterations: int):
         """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
@@ -78,6 +93,8 @@ class _Parts:
     local_envs: int
     batch_size: int
     example_obs: jax.Array
+    hparams: bool = False  # the state holds a sweep's traced hyperparameters
+    program: sweep.ProgramPlan | None = None
 
 
 def make_train(
@@ -86,6 +103,7 @@ def make_train(
     network=None,
     learner: learner_lib.Learner | None = None,
     layout: parallel.Layout | None = None,
+    program: sweep.ProgramPlan | None = None,
 ) -> TrainFns:
     """Builds the pure pieces of a run.
 
@@ -97,14 +115,26 @@ def make_train(
       layout: how the run is spread over devices. With ``layout.data > 1`` the
         functions see one data shard each and must run under
         ``compile_train``'s ``shard_map``; the default runs anywhere.
+      program: the runs of a sweep this program trains (``sweep.plan``; default:
+        the config's sweep, which must be one program). The runs take the place
+        of the seeds; the fields ``program.traced`` are per-run traced values.
 
     Returns:
-      ``TrainFns`` with ``init(keys=seed_keys(config)) -> state``,
+      ``TrainFns`` with ``init(keys=seed_keys(config), hparams=None) -> state``,
       ``prefill(state)``, ``run_chunk(state, n) -> (state, ChunkMetrics)``
       (``n`` iterations; a Python int or a traced int32 scalar) and
       ``evaluate(state) -> eval returns [S, eval_episodes]``.
     """
     layout = layout or parallel.Layout()
+    if program is None and config.sweep:
+        programs = sweep.plan(config).programs
+        if len(programs) > 1:
+            raise ValueError(f"the sweep makes {len(programs)} programs: pass one as program=")
+        program = programs[0]
+    if program is not None and learner is not None:
+        raise ValueError("a sweep builds each run's learner from its config: no learner=")
+    num_runs = len(program.runs) if program is not None else config.num_seeds
+    traced = bool(program and program.traced)
     env = builder.make_env(config)
     spec = env.spec
     if network is None:
@@ -125,15 +155,17 @@ def make_train(
             config, config.buffer_size // layout.data, local_envs * config.rollout_steps
         ),
         schedules=builder.make_schedules(config),
-        axes=seed_axes(config),
+        axes=seed_axes(config, traced),
         data_axis=data_axis,
         local_envs=local_envs,
         batch_size=config.batch_size // layout.data,
         example_obs=jnp.zeros((1, *spec.obs_shape), spec.obs_dtype),
+        hparams=traced,
+        program=program,
     )
     collect = _make_collect(parts)
     chunk_all_seeds = _make_chunk(parts, _make_iteration(parts, collect))
-    local_seeds = config.num_seeds // layout.seeds
+    local_seeds = num_runs // layout.seeds
     num_params = sum(
         x.size
         for x in jax.tree.leaves(jax.eval_shape(network.init, jax.random.key(0), parts.example_obs))
@@ -147,6 +179,7 @@ def make_train(
     return TrainFns(
         config, env, network, parts.actor, learner, parts.buffer, layout, parts.schedules,
         _make_init(parts), _make_prefill(parts, collect), run_chunk, _make_evaluate(parts), group,
+        program, num_runs,
     )  # fmt: skip
 
 
@@ -173,15 +206,21 @@ def _make_init(p: _Parts):
         actor_params = learner_state.params if config.actor_sync_period > 1 else None
         return actor_state, learner_state, p.buffer.init(item), k_train, nstep_state, actor_params
 
-    def init(keys=None) -> TrainState:
-        keys = seed_keys(config) if keys is None else keys
+    def init(keys=None, hparams=None) -> TrainState:
+        """The initial state of the runs of ``keys`` (default: the config's seeds, or
+        the sweep's runs' with their traced hyperparameters ``hparams``)."""
+        if keys is None:
+            keys = seed_keys(config, hyper.run_seeds(p.program))
+        if hparams is None:
+            hparams = hyper.device_hparams(p.program)
         out_axes = (0, 0, p.axes.replay, 0, p.axes.nstep, p.axes.actor_params)
         actor_state, learner_state, replay_state, keys, nstep_state, actor_params = jax.vmap(
             init_one, out_axes=out_axes
         )(keys)
         state = TrainState(
-            jnp.int32(0), actor_state, learner_state, replay_state, keys, nstep_state, actor_params
-        )
+            jnp.int32(0), actor_state, learner_state, replay_state, keys, nstep_state, actor_params,
+            hparams,
+        )  # fmt: skip
         # No weak types (gymnax's `time = 0`): every program's outputs, seed
         # groups' and restored checkpoints' included, then have the avals of its
         # inputs, so one compiled chunk serves every call.
@@ -199,7 +238,7 @@ def _make_collect(p: _Parts):
     config, axes = p.config, p.axes
     batched_add = jax.vmap(p.buffer.add, in_axes=(axes.replay, 0), out_axes=axes.replay)
 
-    def rollout_one(params, actor_state, nstep_state, epsilon, num_steps):
+    def rollout_one(params, actor_state, nstep_state, epsilon, gamma, num_steps):
         """One seed's rollout -> (actor_state, nstep_state, transitions[T*N], stats)."""
         if config.n_step == 1:
             actor_state, transitions, stats = p.actor.rollout(
@@ -207,17 +246,22 @@ def _make_collect(p: _Parts):
             )
             return actor_state, nstep_state, transitions, stats
         actor_state, steps, stats = p.actor.rollout_steps(params, actor_state, epsilon, num_steps)
-        nstep_state, transitions, _ = nstep_lib.push(nstep_state, steps, config.gamma)
+        nstep_state, transitions, _ = nstep_lib.push(nstep_state, steps, gamma)
         transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
         return actor_state, nstep_state, transitions, stats
 
-    def collect(state: TrainState, params, epsilon, num_steps=None, add=True):
+    def collect(state: TrainState, params, epsilon, num_steps=None, add=True, per_run_eps=False):
+        """``per_run_eps``: ``epsilon`` is one value per run ``[S]``."""
         num_steps = num_steps or config.rollout_steps
+        gamma, gamma_axis = config.gamma, None
+        if hyper.traces(state.hparams, "gamma"):
+            gamma, gamma_axis = state.hparams["gamma"], 0
         actor_state, nstep_state, transitions, stats = jax.vmap(
             functools.partial(rollout_one, num_steps=num_steps),
-            in_axes=(None if params is None else 0, 0, axes.nstep, None),
+            in_axes=(None if params is None else 0, 0, axes.nstep, 0 if per_run_eps else None,
+                     gamma_axis),
             out_axes=(0, axes.nstep, 0, 0),
-        )(params, state.actor, state.nstep, epsilon)
+        )(params, state.actor, state.nstep, epsilon, gamma)  # fmt: skip
         if p.data_axis is not None:
             stats = jax.lax.psum(stats, p.data_axis)
         state = state._replace(
@@ -233,26 +277,51 @@ def _make_collect(p: _Parts):
 
 
 def _make_learn(p: _Parts):
-    """``learn(learner_state, replay_state, key, beta)`` for all seeds: one update
-    each on a batch sampled from its own replay (priorities updated)."""
-    learn_one = make_learn_step(
-        p.learner,
-        p.buffer,
-        p.batch_size,
-        prioritized=p.config.prioritized,
-        axis_name=p.data_axis,
-    )
+    """``learn(learner_state, replay_state, key, beta, hparams)`` for all seeds: one
+    update each on a batch sampled from its own replay (priorities updated); a
+    sweep's runs each with the learner of their traced hyperparameters."""
+
+    def learn_step(learner):
+        return make_learn_step(
+            learner, p.buffer, p.batch_size, prioritized=p.config.prioritized,
+            axis_name=p.data_axis,
+        )  # fmt: skip
+
     replay_axes = p.axes.replay
-    return jax.vmap(learn_one, in_axes=(0, replay_axes, 0, None), out_axes=(0, replay_axes, 0, 0))
+    out_axes = (0, replay_axes, 0, 0)
+    if not p.hparams:
+        learn_one = learn_step(p.learner)
+        batched = jax.vmap(learn_one, in_axes=(0, replay_axes, 0, None), out_axes=out_axes)
+        return lambda learner_state, replay_state, key, beta, hparams: batched(
+            learner_state, replay_state, key, beta
+        )
+
+    def learn_run(learner_state, replay_state, key, beta, hp):
+        learner = hyper.learner(p.config, p.network, p.data_axis, hp)
+        return learn_step(learner)(learner_state, replay_state, key, beta)
+
+    def learn(learner_state, replay_state, key, beta, hparams):
+        beta_axis = 0 if jnp.ndim(beta) else None
+        return jax.vmap(learn_run, in_axes=(0, replay_axes, 0, beta_axis, 0), out_axes=out_axes)(
+            learner_state, replay_state, key, beta, hparams
+        )
+
+    return learn
 
 
-def _actor_epsilon(p: _Parts, env_steps):
-    """The schedule's epsilon; Ape-X: this data shard's slice of the per-env values."""
-    eps = p.schedules.epsilon(env_steps)
-    if p.config.exploration == "linear" or p.data_axis is None:
-        return eps
+def _actor_epsilon(p: _Parts, state: TrainState):
+    """(epsilon, per run): the schedule's epsilon; Ape-X: this data shard's slice of
+    the per-env values; a sweep tracing the schedule: one value per run ``[S]``."""
+    linear = p.config.exploration == "linear"
+    if linear and hyper.traces(state.hparams, "epsilon_start"):
+        return jax.vmap(functools.partial(hyper.epsilon, env_steps=state.env_steps))(
+            state.hparams
+        ), True
+    eps = p.schedules.epsilon(state.env_steps)
+    if linear or p.data_axis is None:
+        return eps, False
     start = jax.lax.axis_index(p.data_axis) * p.local_envs
-    return jax.lax.dynamic_slice_in_dim(eps, start, p.local_envs)
+    return jax.lax.dynamic_slice_in_dim(eps, start, p.local_envs), False
 
 
 def _make_iteration(p: _Parts, collect):
@@ -264,8 +333,13 @@ def _make_iteration(p: _Parts, collect):
 
     def iteration(state: TrainState):
         acting = state.learner.params if sync == 1 else state.actor_params
-        state, stats = collect(state, acting, _actor_epsilon(p, state.env_steps))
+        epsilon, per_run = _actor_epsilon(p, state)
+        state, stats = collect(state, acting, epsilon, per_run_eps=per_run)
         beta = p.schedules.beta(state.env_steps)
+        if hyper.traces(state.hparams, "beta_start"):  # [S]
+            beta = jax.vmap(functools.partial(hyper.beta, config, env_steps=state.env_steps))(
+                state.hparams
+            )
 
         # Only prioritized replay changes in the updates (priorities); a uniform
         # buffer stays out of the carry so it is never copied.
@@ -273,7 +347,7 @@ def _make_iteration(p: _Parts, collect):
             learner_state, priorities, key = carry
             replay_state = priorities if prioritized else state.replay
             learner_state, replay_state, key, metrics = batched_learn(
-                learner_state, replay_state, key, beta
+                learner_state, replay_state, key, beta, state.hparams
             )
             return (learner_state, replay_state if prioritized else None, key), metrics
 

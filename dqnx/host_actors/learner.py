@@ -4,7 +4,9 @@
 transitions to replay, then the ``updates`` learner updates it pays for. The
 learner is data-parallel over its devices exactly as in the compiled mode: each
 device holds its own replay shard, adds its slice of every batch, samples
-``batch_size / D`` and averages gradients with ``pmean``.
+``batch_size / D`` and averages gradients with ``pmean``. The mesh may span the
+learner devices of several processes; every process then calls these programs
+in the same order, each giving its own rows of the batch.
 """
 
 from __future__ import annotations

@@ -10,6 +10,17 @@ and makes the same ``updates_per_iteration`` updates; the learner waits on an
 empty queue when it is ahead, and the actors wait on a full one when it is
 behind.
 
+Several processes (``jax.distributed``): each runs its own actor threads on its
+own actor devices and environments (its share of ``num_envs``, seeded by its
+threads' global indices), and one learner spans every process's learner
+devices. Each iteration every process waits for its own actors' share, builds
+its part of the global batch from it (each learner device stores its own
+process's transitions), then all run the same collective ingest: the schedule is
+deterministic, so they stay in lockstep. Env step counts are totals over
+processes. Each process publishes its own copy of the (replicated) parameters to
+its actors. An actor or evaluation failure on one process stops every process at
+the end of the chunk (``_fail``), so none is left waiting in a collective.
+
 Resume is not exact: the learner, replay, keys and counters are restored, the
 host environments start new episodes.
 """
@@ -54,9 +65,12 @@ class HostActorProgram:
         self.network = builder.make_network(config, spec.obs_shape, spec.num_actions)
         actor_devices, learner_devices = builder.host_devices(config)
         self.actor_devices = actor_devices
-        num_threads = config.actor_threads * len(actor_devices)
-        self.envs_per_thread = config.num_envs // num_threads
-        self.iteration_items = config.num_envs * config.rollout_steps
+        # Several processes: each runs its own share of the actors (threads and
+        # environments), the learner spans every process's learner devices.
+        self.processes, self.process = jax.process_count(), jax.process_index()
+        num_threads = config.actor_threads * len(actor_devices)  # in this process
+        self.envs_per_thread = config.num_envs // (num_threads * self.processes)
+        self.iteration_items = config.num_envs * config.rollout_steps  # all processes
         d = len(learner_devices)
         layout = parallel.Layout(1, d)
         self.mesh = parallel.make_mesh(layout, learner_devices)
@@ -88,6 +102,8 @@ class HostActorProgram:
         self.state = self.programs.init()
         # Compile before training starts, on the shapes a batch will have.
         self._compile(items)
+        self._zeros = jax.tree.map(lambda x: x[: len(x) // self.processes], items)
+        self.failure: str | None = None
         prefill_iterations = -(-config.learning_starts // self.iteration_items)
         self.schedule = Schedule(
             prefill_steps=prefill_iterations * self.iteration_items,
@@ -102,6 +118,8 @@ class HostActorProgram:
             f"{num_threads} actor thread(s) x {self.envs_per_thread} envs on "
             f"{len(actor_devices)} device(s), learner on {d} device(s)"
         )
+        if self.processes > 1:
+            self.where = f"{self.where} over {self.processes} processes (actors per process)"
         self.env_steps = 0
         self.num_updates = 0
         self.server = ParameterServer(actor_devices)
@@ -138,7 +156,10 @@ class HostActorProgram:
         return groups, jax.tree.map(lambda *x: np.stack(x), *(b.items for b in batches))
 
     def _compile(self, items) -> None:
-        items = jax.device_put(items, self.programs.items_sharding)
+        sharding = self.programs.items_sharding
+        items = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), items
+        )
         self._ingest = self.programs.ingest.lower(self.state, items, np.float32(0)).compile()
         self._add = self.programs.add.lower(self.state, items).compile()
 
@@ -157,17 +178,29 @@ class HostActorProgram:
         return epsilon
 
     def _start_actors(self) -> None:
+        try:
+            self._make_actors()
+        except Exception as e:  # e.g. an environment that fails to start
+            if self.processes == 1:
+                raise
+            self._fail(f"starting the actors failed: {type(e).__name__}: {e}")
+        for thread in self.threads:
+            thread.start()
+
+    def _make_actors(self) -> None:
         config = self.config
-        for i in range(config.actor_threads * len(self.actor_devices)):
-            seed = config.seed * 1_000_003 + i  # each thread its own environments
+        threads = config.actor_threads * len(self.actor_devices)
+        for i in range(threads):
+            g = self.process * threads + i  # over all processes: seeds, Ape-X epsilons
+            seed = config.seed * 1_000_003 + g  # each thread its own environments
             thread = ActorThread(
-                i,
+                g,
                 lambda seed=seed: self._make_env(self.envs_per_thread, seed),
                 self.network,
                 self.server,
                 self.actor_devices[i // config.actor_threads],
                 self.queue,
-                self._epsilon_for(i),
+                self._epsilon_for(g),
                 lambda: self.env_steps,
                 stop=self.stop,
                 frames=self.frames,
@@ -176,22 +209,40 @@ class HostActorProgram:
                 ),
             )
             self.threads.append(thread)
-        for thread in self.threads:
-            thread.start()
 
     def _check_actors(self) -> None:
         for thread in self.threads:
             if thread.error is not None:
                 e = thread.error
-                raise RunFailed(f"{thread.name} failed: {type(e).__name__}: {e}")
-            if not thread.is_alive() and not self.stop.is_set():
-                raise RunFailed(f"{thread.name} stopped unexpectedly")
+                self._fail(f"{thread.name} failed: {type(e).__name__}: {e}")
+            elif not thread.is_alive() and not self.stop.is_set():
+                self._fail(f"{thread.name} stopped unexpectedly")
+
+    def _fail(self, message: str) -> None:
+        """Raises RunFailed; with several processes, only notes it: this process
+        keeps taking part in the learner's collective steps (feeding zeros) until
+        ``_stop_if_failed``, where every process stops together (never a hang)."""
+        if self.processes == 1:
+            raise RunFailed(message)
+        self.failure = self.failure or message
+
+    def _stop_if_failed(self, failed: np.ndarray | None = None) -> None:
+        """Several processes: raises RunFailed on all if any failed (``failed``: each
+        process's flag, if already gathered)."""
+        if self.processes == 1:
+            return
+        if failed is None:
+            failed = parallel.gather_processes([self.failure is not None])[:, 0]
+        if self.failure is not None:
+            raise RunFailed(self.failure)
+        if failed.any():
+            raise RunFailed(f"process {int(np.argmax(failed))} failed; see its error")
 
     def _next_items(self, stats: dict):
         """Takes one batch from each of ``threads`` queue slots (any actor) and joins them."""
         batches = []
         t0 = time.perf_counter()
-        while len(batches) < len(self.threads):
+        while len(batches) < len(self.threads) and self.failure is None:
             stats["queue_sum"] += self.queue.qsize()
             stats["queue_reads"] += 1
             try:
@@ -207,10 +258,15 @@ class HostActorProgram:
                 stats["staleness_sum"] += staleness
                 stats["staleness_max"] = max(stats["staleness_max"], staleness)
                 stats["staleness_n"] += 1
-        return jax.device_put(self._join(batches), self.programs.items_sharding)
+        # This process's share of the iteration (zeros once it failed: see _fail).
+        items = self._join(batches) if self.failure is None else self._zeros
+        return parallel.from_process_local(
+            self.programs.items_sharding, items, self.iteration_items
+        )
 
     def _publish(self) -> None:
-        self.server.publish(self.state.learner.params, self.num_updates)
+        # The parameters are replicated: each process publishes its own copy.
+        self.server.publish(parallel.local_copy(self.state.learner.params), self.num_updates)
 
     # ---- the Program interface ----------------------------------------------
     def checkpoint_template(self):
@@ -218,7 +274,7 @@ class HostActorProgram:
 
     def restore(self, state, env_steps: int) -> None:
         self.state, self.env_steps = state, env_steps
-        self.num_updates = int(jax.device_get(state.learner.num_updates))
+        self.num_updates = int(parallel.local_copy(state.learner.num_updates))
         self._start_actors()
         self._publish()
 
@@ -228,6 +284,7 @@ class HostActorProgram:
         for _ in range(self.schedule.prefill_steps // self.iteration_items):
             self.state = self._add(self.state, self._next_items(stats))
             self.env_steps += self.iteration_items
+        self._stop_if_failed()
         self._publish()
         return self.env_steps
 
@@ -241,6 +298,8 @@ class HostActorProgram:
         for _ in range(num_iterations):
             items = self._next_items(stats)
             beta = self.schedules.beta(self.env_steps + self.iteration_items)
+            if self.processes > 1:  # a host value: the same on every process
+                beta = np.float32(beta)
             self.state, m = self._ingest(self.state, items, beta)
             self.env_steps += self.iteration_items
             metrics.append((self.env_steps, m))
@@ -248,19 +307,22 @@ class HostActorProgram:
             if self.num_updates // sync > before // sync:
                 self._publish()
         dt = time.perf_counter() - t0
-        host = jax.device_get([m for _, m in metrics])
+        host = jax.device_get(parallel.local_copy([m for _, m in metrics]))
         losses = np.array([m.loss_sum for m in host], np.float64)
         bad = ~np.isfinite(losses)
         if bad.any():
             first_bad = metrics[int(np.argmax(bad))][0]
         n_updates = max(len(host) * updates, 1)
-        acted = sum(t.steps_taken for t in self.threads) - steps_before
+        stats["acted"] = sum(t.steps_taken for t in self.threads) - steps_before
+        stats["failed"] = self.failure is not None
+        stats, failed = _over_processes(stats)
+        self._stop_if_failed(failed)
         extra = {
             "staleness_mean": stats["staleness_sum"] / max(stats["staleness_n"], 1),
             "staleness_max": stats["staleness_max"],
             "queue_mean": stats["queue_sum"] / max(stats["queue_reads"], 1),
-            "learner_wait_frac": stats["wait_s"] / max(dt, 1e-9),
-            "actor_sps": acted / max(dt, 1e-9),
+            "learner_wait_frac": stats["wait_s"] / self.processes / max(dt, 1e-9),
+            "actor_sps": stats["acted"] / max(dt, 1e-9),
             "replay_ratio": (
                 self.num_updates * self.config.batch_size
                 / max(self.env_steps - self.schedule.prefill_steps, 1)
@@ -268,7 +330,7 @@ class HostActorProgram:
         }  # fmt: skip
         return ChunkReport(
             env_steps=self.env_steps,
-            episodes=np.array([stats["episodes"]]),
+            episodes=np.array([int(stats["episodes"])]),
             return_sum=np.array([stats["return_sum"]]),
             loss=np.array([np.nansum(losses) / n_updates]),
             q_mean=np.array([sum(float(m.q_sum) for m in host) / n_updates]),
@@ -278,18 +340,38 @@ class HostActorProgram:
         )
 
     def evaluate(self) -> np.ndarray:
+        """Greedy returns ``[1, eval_episodes]``; several processes each play every
+        ``processes``-th episode on their own environments and gather them."""
+        config, p = self.config, self.process
+        mine = len(range(p, config.eval_episodes, self.processes))
+        returns = np.full(mine, np.nan)
+        try:
+            if mine:
+                returns = self._evaluate(mine, 7_919 * p)
+        except Exception as e:
+            self._fail(f"evaluation failed: {type(e).__name__}: {e}")
+        if self.processes > 1:  # episode i was played by process i % processes
+            share = -(-config.eval_episodes // self.processes)
+            row = np.pad(returns, (0, share - mine), constant_values=np.nan)
+            rows = parallel.gather_processes(np.append(row, self.failure is not None))
+            self._stop_if_failed(rows[:, -1] > 0)
+            returns = rows[:, :-1].T.reshape(-1)[: config.eval_episodes]
+        return np.asarray(returns, np.float64)[None]  # [1, eval_episodes]
+
+    def _evaluate(self, episodes: int, offset: int) -> np.ndarray:
         config = self.config
-        env = self._make_env(config.eval_episodes, config.seed + 10_000_019, evaluation=True)
+        env = self._make_env(episodes, config.seed + 10_000_019 + offset, evaluation=True)
         try:
             params = jax.device_put(
-                jax.tree.map(jnp.copy, self.state.learner.params), self.actor_devices[0]
+                jax.tree.map(jnp.copy, parallel.local_copy(self.state.learner.params)),
+                self.actor_devices[0],
             )
-            returns = evaluate_greedy(
-                env, self.network, params, config.eval_epsilon, seed=config.seed + self.env_steps
-            )
+            return evaluate_greedy(
+                env, self.network, params, config.eval_epsilon,
+                seed=config.seed + self.env_steps + offset,
+            )  # fmt: skip
         finally:
             env.close()
-        return returns[None]  # [1, eval_episodes]
 
     def checkpoint_state(self):
         return self.state
@@ -312,6 +394,18 @@ class HostActorProgram:
                 break
         for thread in self.threads:
             thread.join(timeout=5.0)
+
+
+def _over_processes(stats: dict) -> tuple[dict, np.ndarray | None]:
+    """A chunk's statistics of every process (sums, and the largest staleness),
+    and each process's ``failed`` flag."""
+    if jax.process_count() == 1:
+        return stats, None
+    names = sorted(stats)
+    rows = parallel.gather_processes(np.array([stats[k] for k in names], np.float32))
+    out = dict(zip(names, rows.sum(axis=0).tolist(), strict=True))
+    out["staleness_max"] = float(rows[:, names.index("staleness_max")].max())
+    return out, rows[:, names.index("failed")] > 0
 
 
 def _new_stats() -> dict:

@@ -184,16 +184,8 @@ def make_host_step(obs, next_obs, reward, terminated, truncated, done, valid, st
     truncated = np.asarray(truncated, np.bool_) & ~terminated & valid
     done = np.asarray(done, np.bool_) & valid
     episode_return, episode_length = stats.update(reward, done, valid)
-    return HostStep(
-        obs=obs,
-        next_obs=next_obs,
-        reward=reward,
-        terminated=terminated,
-        truncated=truncated,
-        done=done,
-        episode_return=episode_return,
-        episode_length=episode_length,
-        valid=valid,
+    return HostStep(  # the fields in order
+        obs, next_obs, reward, terminated, truncated, done, episode_return, episode_length, valid
     )
 
 

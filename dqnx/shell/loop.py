@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from etils import epath
 
-from dqnx import builder, parallel
+from dqnx import builder, files, parallel, sweep
 from dqnx import checkpoint as ckpt_lib
 from dqnx import logging as dlog
 from dqnx.config import Config
@@ -118,11 +118,17 @@ def run(
     Returns the summary dict.
     """
     config = builder.validate(config)
-    workdir = dlog.as_path(workdir or config.workdir or default_workdir(config.env_name))
+    workdir = files.as_path(workdir or config.workdir or default_workdir(config.env_name))
     config = config.replace(workdir=str(workdir))
     t_start = time.perf_counter()
-    dlog.require_filesystem(workdir)
-    check_workdir(workdir, builder.checkpoint_bytes(config))
+    files.require_filesystem(workdir)
+    runs = config.num_seeds
+    if config.sweep and program_factory is None:
+        plan = sweep.plan(config)
+        if len(plan.programs) > 1:
+            return run_sweep(config, plan, workdir, quiet=quiet)
+        runs = plan.num_runs
+    check_workdir(workdir, builder.checkpoint_bytes(config.replace(num_seeds=runs)))
     warn = (lambda _: None) if quiet or not parallel.is_main_process() else warn_on_stderr
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     try:
@@ -140,6 +146,48 @@ def run(
         checkpointer.close()
 
 
+def run_sweep(config: Config, plan: sweep.Plan, workdir: epath.Path, *, quiet=False) -> dict:
+    """A sweep of several programs (one per distinct shape), one after another, each
+    a run of its own in ``workdir/program-<i>`` (metrics, checkpoints, summary; a
+    rerun resumes each); ``workdir/summary.json`` gathers every run in sweep order."""
+    from dqnx.compiled import CompiledProgram
+
+    t_start = time.perf_counter()
+    sizes = [
+        builder.checkpoint_bytes(p.config.replace(num_seeds=len(p.runs))) for p in plan.programs
+    ]
+    check_workdir(workdir, max(sizes))
+    say = (lambda _: None) if quiet or not parallel.is_main_process() else print_line
+    parts = []
+    for i, program in enumerate(plan.programs):
+        sub = workdir / f"program-{i}"
+        say(f"dqnx: sweep program {i + 1} of {len(plan.programs)} -> {sub}")
+        parts.append(run(program.config.replace(workdir=str(sub)), sub, quiet=quiet,
+                         program_factory=lambda c, p=program: CompiledProgram(c, p)))  # fmt: skip
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["run"])
+    train_s = sum(part["train_s"] for part in parts)
+    steps = sum(part["sps"] * part["train_s"] for part in parts)
+    summary = {
+        "env": config.env_name,
+        "num_seeds": config.num_seeds,
+        "num_runs": len(runs),
+        "num_programs": len(parts),
+        "env_steps_per_seed": min(part["env_steps_per_seed"] for part in parts),
+        "wall_s": time.perf_counter() - t_start,
+        "compile_s": sum(part["compile_s"] for part in parts),
+        "train_s": train_s,
+        "sps": steps / max(train_s, 1e-9),
+        "eval_return_per_seed": [r["eval_return"] for r in runs],
+        "eval_return_mean": float(np.mean([r["eval_return"] for r in runs])),
+        "params_digest": [r["params_digest"] for r in runs],
+        "runs": runs,
+    }
+    if parallel.is_main_process():
+        files.write_json(workdir / "config.json", config.to_dict())
+        files.write_json(workdir / "summary.json", summary)
+    return summary
+
+
 class _Loop:
     """One run's host-side state between chunks."""
 
@@ -149,6 +197,7 @@ class _Loop:
         self.is_main = parallel.is_main_process()
         self.say = (lambda _: None) if (quiet or not self.is_main) else print_line
         self.quiet = quiet
+        self.runs = getattr(program, "num_runs", config.num_seeds)  # seeds, or a sweep's runs
         self.train_s = self.eval_s = 0.0
         self.checkpoint_s: list[float] = []
         self.last_eval = None
@@ -174,7 +223,7 @@ class _Loop:
             self.last_saved = resume_step
         if self.is_main:
             workdir.mkdir(parents=True, exist_ok=True)
-            dlog.write_json(workdir / "config.json", config.to_dict())
+            files.write_json(workdir / "config.json", config.to_dict())
             if resume_step is None:
                 dlog.remove_outputs(workdir)
             else:
@@ -188,8 +237,11 @@ class _Loop:
             is_main_process=self.is_main,
         )
         resumed = "" if resume_step is None else f", resumed at env step {resume_step:,d}"
+        runs = f"{config.num_seeds} seed(s)"
+        if self.runs != config.num_seeds:
+            runs = f"{self.runs} runs ({self.runs // config.num_seeds} configurations x {runs})"
         self.say(
-            f"dqnx: {config.env_name}, {config.num_seeds} seed(s), {config.total_steps:,d} env "
+            f"dqnx: {config.env_name}, {runs}, {config.total_steps:,d} env "
             f"steps per seed on {self.program.where} -> {workdir} (compiled in "
             f"{self.program.compile_s:.1f}s{resumed})"
         )
@@ -239,7 +291,7 @@ class _Loop:
 
     def chunk(self, n: int, prev_steps: int, last: bool) -> int:
         """Runs ``n`` iterations, then logs, evaluates and checkpoints as due."""
-        config, seeds = self.config, self.config.num_seeds
+        config, seeds = self.config, self.runs
         t0 = time.perf_counter()
         report = self.program.run_chunk(n)
         dt = time.perf_counter() - t0
@@ -297,11 +349,11 @@ class _Loop:
         )
 
     def summarize(self, env_steps: int, resume_step: int | None) -> dict:
-        config, seeds = self.config, self.config.num_seeds
+        config, seeds = self.config, self.runs
         params = self.program.online_params()
         summary = {
             "env": config.env_name,
-            "num_seeds": seeds,
+            "num_seeds": config.num_seeds,
             "env_steps_per_seed": env_steps,
             "wall_s": time.perf_counter() - self.t_start,
             "compile_s": self.program.compile_s,
@@ -315,8 +367,15 @@ class _Loop:
             "params_digest": params_digests(params),
             "local_params_digest": local_params_digest(params),
         }
+        entries = getattr(self.program, "run_entries", lambda: None)()
+        if entries is not None:  # a sweep: one entry per (configuration, seed) run
+            summary["num_runs"] = seeds
+            summary["runs"] = [
+                dict(e, eval_return=float(r), params_digest=d)
+                for e, r, d in zip(entries, self.last_eval, summary["params_digest"], strict=True)
+            ]
         if self.is_main:
-            dlog.write_json(self.workdir / "summary.json", summary)
+            files.write_json(self.workdir / "summary.json", summary)
         self.say(
             f"done: eval return {summary['eval_return_mean']:.2f} (mean of {seeds} seed(s)), "
             f"{summary['sps'] / 1e3:.1f}k env steps/s, wall {summary['wall_s']:.1f}s, "

@@ -10,8 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dqnx import logging as dlog
-from dqnx import parallel
+from dqnx import files, parallel
 from dqnx.checkpoint import CheckpointDamaged, Checkpointer, CheckpointError
 from dqnx.errors import ConfigError
 
@@ -47,14 +46,14 @@ def check_workdir(workdir: str | os.PathLike, checkpoint_bytes: int) -> None:
       ConfigError: one line naming the path and what is wrong.
     """
     flag = f"--workdir={workdir}"
-    if dlog.is_remote(workdir):
-        remote = dlog.as_path(workdir)
+    if files.is_remote(workdir):
+        remote = files.as_path(workdir)
         for part in (remote, remote / "checkpoints"):
             if part.exists() and not part.is_dir():
                 where = flag if part == remote else f"{flag}: {part}"
                 raise ConfigError(f"{where} is a file, not a directory")
         return
-    path = dlog.as_path(workdir)
+    path = files.as_path(workdir)
     existing = path
     while not _exists(existing, flag) and existing.parent != existing:
         existing = existing.parent  # up to "." or "/" at the latest
@@ -242,7 +241,7 @@ def truncate_metrics(workdir, env_steps: int) -> None:
     import io
     import json
 
-    workdir = dlog.as_path(workdir)
+    workdir = files.as_path(workdir)
     path = workdir / "metrics.jsonl"
     if path.exists():
         keep = []
@@ -252,7 +251,7 @@ def truncate_metrics(workdir, env_steps: int) -> None:
                     keep.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash ends the readable part
-        dlog.replace_text(path, "".join(keep))
+        files.replace_text(path, "".join(keep))
     path = workdir / "metrics.csv"
     if path.exists():
         rows = list(csv.reader(io.StringIO(path.read_bytes().decode(), newline="")))
@@ -267,4 +266,4 @@ def truncate_metrics(workdir, env_steps: int) -> None:
                     pass
             text = io.StringIO()
             csv.writer(text).writerows([rows[0], *body])
-            dlog.replace_text(path, text.getvalue())
+            files.replace_text(path, text.getvalue())
