@@ -407,8 +407,11 @@ def plot_sensitivity(fields: list[str], points: list[SweepPoint], out: Path, tit
                 ax.set_xticks(xp, list(x))
         if not categorical:
             values = np.array([p.values[field] for p in points], dtype=float)
-            if values.min() > 0 and values.max() / values.min() > 20:
+            if values.min() > 0 and values.max() / values.min() > 4:
+                ticks = np.unique(values)
                 ax.set_xscale("log")
+                ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+                ax.minorticks_off()
         ax.set_xlabel(field)
         ax.set_ylabel("final greedy return")
         ax.grid(True, alpha=0.3)
