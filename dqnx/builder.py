@@ -230,19 +230,20 @@ def check_replay_fits(config: Config, obs_shape, obs_dtype, num_runs: int = 0) -
         config = config.replace(num_seeds=num_runs)
     need = replay_bytes(config, obs_shape, obs_dtype)
     have = device_memory_bytes()
-    if have and need > 0.8 * have and num_runs:
+    if not have or need <= 0.8 * have:
+        return
+    if num_runs:
         fit = int(0.8 * have // replay_bytes(config.replace(num_seeds=1), obs_shape, obs_dtype))
         raise ConfigError(
             f"the sweep's replay buffers need {need / 2**30:.1f} GiB ({num_runs} runs x "
             f"--buffer_size={config.buffer_size}) but the devices have {have / 2**30:.1f} GiB: "
             f"{fit} runs fit; sweep fewer values or seeds, or lower --buffer_size"
         )
-    if have and need > 0.8 * have:
-        raise ConfigError(
-            f"the replay buffers need {need / 2**30:.1f} GiB ({config.num_seeds} seed(s) x "
-            f"--buffer_size={config.buffer_size}) but the devices have "
-            f"{have / 2**30:.1f} GiB; lower --buffer_size or --num_seeds"
-        )
+    raise ConfigError(
+        f"the replay buffers need {need / 2**30:.1f} GiB ({config.num_seeds} seed(s) x "
+        f"--buffer_size={config.buffer_size}) but the devices have "
+        f"{have / 2**30:.1f} GiB; lower --buffer_size or --num_seeds"
+    )
 
 
 def uses_host_actors(config: Config) -> bool:
