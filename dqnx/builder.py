@@ -331,13 +331,6 @@ def _validate_host(config: Config) -> None:
     from dqnx import host_envs
 
     host_envs.check_host_env_name(config.env_name)
-    if config.learner != "dqn" or config.noisy:
-        raise ConfigError(
-            f"--learner={config.learner}"
-            + (" --noisy" if config.noisy else "")
-            + ": host actors act on plain Q-values only so far; train it on a gymnax "
-            "environment (e.g. Breakout-MinAtar)"
-        )
     if config.num_seeds != 1:
         raise ConfigError(
             f"--num_seeds={config.num_seeds}: host actors train one seed per process (each "

@@ -171,7 +171,8 @@ def quantile_regression_loss(dist_src, tau_src, dist_target, huber_param: float 
       dist_src: quantile values ``[N]`` being learned.
       tau_src: their fractions ``[N]`` in (0, 1).
       dist_target: target samples ``[N']``, held constant by the caller.
-      huber_param: Huber threshold kappa, a Python float; 0 for the plain quantile loss.
+      huber_param: Huber threshold kappa; 0 for the plain quantile loss. A traced
+        scalar (a sweep's per-run kappa) selects between the two with ``where``.
 
     Returns:
       The loss ``[]``.
@@ -183,7 +184,10 @@ def quantile_regression_loss(dist_src, tau_src, dist_target, huber_param: float 
         )
     u = dist_target[None, :] - dist_src[:, None]  # [N, N']
     weight = jnp.abs(tau_src[:, None] - jax.lax.stop_gradient((u < 0).astype(u.dtype)))
-    loss = huber_loss(u, huber_param) if huber_param > 0 else jnp.abs(u)
+    if isinstance(huber_param, int | float):
+        loss = huber_loss(u, huber_param) if huber_param > 0 else jnp.abs(u)
+    else:
+        loss = jnp.where(huber_param > 0, huber_loss(u, huber_param), jnp.abs(u))
     return jnp.sum(jnp.mean(weight * loss, axis=-1))
 
 
@@ -213,7 +217,7 @@ def quantile_q_learning(
       discount_t: ``gamma * (1 - terminated)`` ``[]``.
       dist_q_t_selector: quantile values ``[N'', A]`` at s_t that pick the next action.
       dist_q_t: quantile values ``[N', A]`` at s_t (target network).
-      huber_param: Huber threshold kappa, a Python float (1 in the paper's QR-DQN-1);
+      huber_param: Huber threshold kappa (1 in the paper's QR-DQN-1);
         0 for the plain quantile loss (rlax's default).
 
     Returns:

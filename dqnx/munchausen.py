@@ -11,7 +11,9 @@ of the target network at temperature ``tau``, ``pi = softmax(q_target / tau)``:
 With ``alpha = 0`` and ``tau -> 0`` the target tends to the DQN target
 ``r_t + discount_t * max_a q_t_target[a]``. Defaults are the paper's: ``tau = 0.03``,
 ``alpha = 0.9``, ``l0 = -1``; each may be a Python number or a traced scalar (a
-vmapped sweep). Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
+vmapped sweep); ``tau`` traced is the pair ``(tau, 1 / tau)``, the float32 reciprocal
+that XLA multiplies by where a single run divides by the constant ``tau``, so the
+sweep's run computes the same bits. Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def _check(q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, l0):
     if not jnp.issubdtype(jnp.result_type(a_tm1), jnp.integer):
         raise ValueError(f"a_tm1 must be an integer action, got {jnp.result_type(a_tm1)}")
     # Hyperparameters may be traced (a vmapped sweep); check them when they are numbers.
+    if isinstance(tau, tuple) and len(tau) != 2:
+        raise ValueError(f"a traced tau is the pair (tau, 1 / tau), got {len(tau)} values")
     if isinstance(tau, int | float) and tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     if isinstance(l0, int | float) and l0 > 0:
@@ -47,10 +51,15 @@ def _targets(dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, 
     for M-DQN, quantile values for M-IQN); the policies come from ``q_t_target`` and
     ``q_tm1_target``. Returns ``[...]``, with no gradient.
     """
-    tau_log_pi_tm1 = tau * jax.nn.log_softmax(q_tm1_target / tau)  # [A]
+    tau, inv_tau = tau if isinstance(tau, tuple) else (tau, None)
+
+    def over_tau(q):
+        return q / tau if inv_tau is None else q * inv_tau
+
+    tau_log_pi_tm1 = tau * jax.nn.log_softmax(over_tau(q_tm1_target))  # [A]
     bonus = alpha * jnp.clip(tau_log_pi_tm1[a_tm1], l0, 0.0)
-    tau_log_pi_t = tau * jax.nn.log_softmax(q_t_target / tau)  # [A]
-    pi_t = jax.nn.softmax(q_t_target / tau)  # [A]
+    tau_log_pi_t = tau * jax.nn.log_softmax(over_tau(q_t_target))  # [A]
+    pi_t = jax.nn.softmax(over_tau(q_t_target))  # [A]
     soft_values = jnp.sum(pi_t * (dist_q_t_target - tau_log_pi_t), axis=-1)  # [...]
     return jax.lax.stop_gradient(r_t + bonus + discount_t * soft_values)
 

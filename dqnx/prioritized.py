@@ -178,21 +178,23 @@ def prioritized_replay(
     Args:
       capacity: number of items kept; the oldest are overwritten first.
       add_batch_size: as in ``replay.uniform_replay`` (aligned in-place writes).
-      priority_exponent: ``alpha``; 0 samples uniformly among written slots.
+      priority_exponent: ``alpha``; 0 samples uniformly among written slots. It may
+        be a traced scalar (a sweep's per-run value, built inside the vmap over runs).
       eps: added to ``|td|`` so that no written item gets probability 0.
 
     Returns:
       ``PrioritizedReplay`` of pure functions. ``sample`` needs ``size >= 1``;
       ``beta`` may be a traced scalar (an annealing schedule).
     """
-    if priority_exponent < 0 or eps < 0:
+    traced = not isinstance(priority_exponent, int | float)
+    if (not traced and priority_exponent < 0) or eps < 0:
         raise ValueError(
             f"need priority_exponent >= 0 and eps >= 0, got {priority_exponent}, {eps}"
         )
     uniform = replay.uniform_replay(capacity, add_batch_size)
     contiguous = add_batch_size is not None and capacity % add_batch_size == 0
     num_leaves = tree_leaves(capacity)
-    alpha = float(priority_exponent)
+    alpha = priority_exponent if traced else float(priority_exponent)
 
     def init(item) -> PrioritizedState:
         base = uniform.init(item)

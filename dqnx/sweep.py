@@ -44,18 +44,18 @@ TRACED = (
     "target_update_period",
     "tau",
     "huber_delta",
+    "priority_exponent",
     "importance_exponent",
+    "munchausen_tau",
     "munchausen_alpha",
     "munchausen_l0",
 )
-# One program per distinct value: shapes, structure, or a value the blocks need
-# as a Python number (priority_exponent in the sum tree, munchausen_tau as a
-# divisor that XLA would fold into a reciprocal, QR/IQN's huber_delta).
+# One program per distinct value: shapes or the program's structure.
 PROGRAM = (
     "network", "hidden_sizes", "dueling", "learner", "num_atoms", "v_min", "v_max",
     "num_quantiles", "num_tau_samples", "num_tau_prime_samples", "num_quantile_samples",
-    "munchausen", "munchausen_tau", "noisy", "noisy_sigma0", "n_step", "prioritized",
-    "priority_exponent", "double_q", "loss", "anneal_lr", "exploration", "apex_epsilon",
+    "munchausen", "noisy", "noisy_sigma0", "n_step", "prioritized",
+    "double_q", "loss", "anneal_lr", "exploration", "apex_epsilon",
     "apex_alpha", "actor_sync_period", "num_envs", "rollout_steps", "updates_per_iteration",
     "buffer_size", "batch_size", "learning_starts",
 )  # fmt: skip
@@ -64,7 +64,14 @@ LOG_SCALE = (
     "epsilon_decay_steps", "munchausen_tau", "noisy_sigma0", "buffer_size", "batch_size",
     "num_envs", "learning_starts",
 )  # fmt: skip
-_STATIC_KAPPA = ("qr", "iqn")  # learners whose huber_delta is a Python float
+# Traced fields a program only reads with the option in the second column set.
+_USED_WITH = {
+    "priority_exponent": "prioritized",
+    "importance_exponent": "prioritized",
+    "munchausen_tau": "munchausen",
+    "munchausen_alpha": "munchausen",
+    "munchausen_l0": "munchausen",
+}
 
 
 class Spec(NamedTuple):
@@ -248,8 +255,8 @@ def traced_fields(config: Config, swept) -> tuple[str, ...]:
     for name in swept:
         if name not in TRACED:
             continue
-        if name == "huber_delta" and config.learner in _STATIC_KAPPA:
-            continue  # a Python float in the quantile losses: one program per value
+        if name in _USED_WITH and not getattr(config, _USED_WITH[name]):
+            continue  # the option is off in this program: the value is never read
         if name == "max_grad_norm" and not config.max_grad_norm > 0:
             continue  # no clipping in this program
         traced.append(name)
@@ -259,8 +266,6 @@ def traced_fields(config: Config, swept) -> tuple[str, ...]:
 def _program_key(config: Config, swept) -> tuple:
     key = [(f, getattr(config, f)) for f in swept if f in PROGRAM]
     key.append(("clip", config.max_grad_norm > 0))
-    if config.learner in _STATIC_KAPPA:
-        key.append(("huber_delta", config.huber_delta))
     return tuple(key)
 
 

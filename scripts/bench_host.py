@@ -20,6 +20,12 @@ split (actor device(s) and learner device(s) as the run would use them):
   greedily, adds the transitions and makes the updates they pay for, in turn
   (as CleanRL's ``dqn_jax.py`` does), n-step 1.
 
+With ``--frame_replay`` (Atari) it also prints emulator frames/s (agent steps x
+the frame skip, 4 for ``ale:``), the learner's updates/s, and the replay's bytes
+per transition measured from the device buffers (every array of the replay
+state, over its capacity in transitions), with what ``--buffer_size=1000000``
+would take; the synchronous loop (plain ``Transition`` items) is skipped.
+
 It prints the pipeline's share of min(actors greedy, learner) (the rate if
 acting and learning overlapped perfectly) and of the synchronous loop, and the
 bound (a + l) / max(a, l) on the speed-up of overlapping over taking turns, from
@@ -131,6 +137,30 @@ def pipeline(config, seconds: float) -> dict:
     }
 
 
+def atari_figures(config, result: dict) -> dict:
+    """Frames/s of the measured rates, and the frame replay's bytes per transition
+    measured from the device buffers of a fresh program."""
+    skip = 4 if config.env_name.startswith("ale:") else 1  # ALE: frame skip 4
+    program = HostActorProgram(config)
+    try:
+        leaves = jax.tree.leaves(program.state.replay)
+        replay_bytes = int(sum(x.nbytes for x in leaves))
+    finally:
+        program.close()
+    transitions = program.buffer_transitions
+    per = replay_bytes / transitions
+    return {
+        "frame_skip": skip,
+        "actors_random_frames_per_s": result["actors_random_sps"] * skip,
+        "actors_greedy_frames_per_s": result["actors_greedy_sps"] * skip,
+        "pipeline_frames_per_s": result["pipeline_sps"] * skip,
+        "replay_bytes": replay_bytes,
+        "replay_transitions": transitions,
+        "replay_bytes_per_transition": per,
+        "replay_1m_gb": per * 1e6 / 1e9,
+    }
+
+
 def synchronous(config, seconds: float) -> dict:
     """One thread: act greedily, step, add, update, in turn (n-step 1)."""
     program = HostActorProgram(config.replace(n_step=1, actor_threads=1, num_envs=config.num_envs))
@@ -186,7 +216,10 @@ def main(argv):
         f"actor thread(s) per actor device, replay ratio {config.replay_ratio:g}"
     )
     result = {"config": config.to_dict(), "machine": info}
-    for part in (actors_alone, learner_alone, pipeline, synchronous):
+    parts = (actors_alone, learner_alone, pipeline)
+    if not config.frame_replay:
+        parts += (synchronous,)
+    for part in parts:
         out = part(config, seconds)
         result.update(out)
         print("  ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -195,15 +228,29 @@ def main(argv):
     a, b = 1 / actors, 1 / learner  # seconds per env step of each part alone
     result["overlap_limit_sps"] = min(actors, learner)
     result["pipeline_share_of_limit"] = result["pipeline_sps"] / min(actors, learner)
-    result["pipeline_over_synchronous"] = result["pipeline_sps"] / result["synchronous_sps"]
     result["overlap_bound"] = (a + b) / max(a, b)
-    print(
+    line = (
         f"pipeline {result['pipeline_sps']:,.0f} env steps/s = "
         f"{100 * result['pipeline_share_of_limit']:.0f}% of min(actors {actors:,.0f}, "
-        f"learner {learner:,.0f}); {result['pipeline_over_synchronous']:.2f}x the synchronous "
-        f"loop ({result['synchronous_sps']:,.0f}); overlap bound (a + l) / max(a, l) = "
-        f"{result['overlap_bound']:.2f}"
+        f"learner {learner:,.0f}); "
     )
+    if "synchronous_sps" in result:
+        result["pipeline_over_synchronous"] = result["pipeline_sps"] / result["synchronous_sps"]
+        line += (f"{result['pipeline_over_synchronous']:.2f}x the synchronous loop "
+                 f"({result['synchronous_sps']:,.0f}); ")  # fmt: skip
+    print(line + f"overlap bound (a + l) / max(a, l) = {result['overlap_bound']:.2f}")
+    if config.frame_replay:
+        result.update(atari_figures(config, result))
+        print(
+            f"frames/s (x{result['frame_skip']}): actors random "
+            f"{result['actors_random_frames_per_s']:,.0f}, greedy "
+            f"{result['actors_greedy_frames_per_s']:,.0f}, pipeline "
+            f"{result['pipeline_frames_per_s']:,.0f}; learner {result['learner_updates_per_s']:.2f} "
+            f"updates/s at batch {config.batch_size}; replay {result['replay_bytes']:,} bytes for "
+            f"{result['replay_transitions']:,} transitions = "
+            f"{result['replay_bytes_per_transition']:,.1f} bytes each (1M: "
+            f"{result['replay_1m_gb']:.2f} GB)"
+        )
     benchlib.write_json(flags.FLAGS.out, result)
     return result
 

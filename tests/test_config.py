@@ -86,7 +86,6 @@ def test_dict_round_trip():
         ({"munchausen_tau": 0.0}, "--munchausen_tau must be > 0"),
         ({"munchausen_l0": 0.5}, "--munchausen_l0 must be <= 0"),
         ({"noisy_sigma0": 0.0}, "--noisy_sigma0 must be > 0"),
-        ({"env_name": "minatar:breakout", "learner": "c51"}, "host actors act on plain Q-values"),
     ],
 )
 def test_validation_messages(changes, message):

@@ -230,6 +230,27 @@ def test_an_environment_error_stops_the_run(tmp_path):
     assert time.time() - t0 < 60
 
 
+def test_distributional_noisy_munchausen_learner_on_host_actors(tmp_path):
+    """IQN + M-IQN + noisy nets + prioritized replay, epsilon 0: the actor threads
+    and the evaluation act on the quantile means with keyed noise and fractions."""
+    config = builder.validate(
+        dqnx.Config(
+            env_name="gymnasium:CartPole-v1", num_envs=4, actor_threads=2, buffer_size=2000,
+            batch_size=32, hidden_sizes=(32,), learning_starts=200, total_steps=1_000,
+            log_every=400, eval_every=0, eval_episodes=2, target_update_period=50,
+            tensorboard=False, learner="iqn", num_tau_samples=8, num_tau_prime_samples=8,
+            num_quantile_samples=8, munchausen=True, noisy=True, prioritized=True,
+            epsilon_start=0.0, epsilon_end=0.0, env_options=("max_episode_steps=60",),
+        )  # fmt: skip
+    )
+    summary = dqnx.shell.run(config, tmp_path, quiet=True)
+    assert summary["env_steps_per_seed"] == 1_000
+    assert 0 < summary["eval_return_per_seed"][0] <= 60
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"][0]) for r in records)
+    assert records[-1]["epsilon"] == 0.0
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -305,11 +326,13 @@ def test_frame_actor_blocks_rebuild_the_environment_stacks():
 
 
 def test_atari_frame_replay_run(tmp_path):
-    """ale:pong through the whole pipeline: frame blocks -> frame replay -> learner."""
+    """ale:pong through the whole pipeline: frame blocks -> frame replay -> learner
+    (C51 with a dueling noisy head: actors and evaluation act on its expectations)."""
     pytest.importorskip("ale_py")
     r = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "run.py"), "--env_name=ale:pong",
          "--frame_replay", "--clip_rewards", "--network=mlp", "--hidden_sizes=16",
+         "--learner=c51", "--num_atoms=11", "--v_max=2", "--v_min=-2", "--dueling", "--noisy",
          "--num_envs=2", "--actor_threads=1", "--rollout_steps=4", "--buffer_size=4000",
          "--batch_size=8", "--learning_starts=64", "--total_steps=256", "--log_every=64",
          "--eval_every=0", "--eval_episodes=1", "--notensorboard", "--n_step=3",

@@ -52,7 +52,7 @@ def test_grid_is_the_cross_product_in_sweep_order():
     assert program.runs[3].overrides == {"learning_rate": 1e-3, "target_update_period": 20}
     alone = program.run_config(program.runs[3])
     assert (alone.seed, alone.num_seeds, alone.sweep, alone.target_update_period) == (1, 1, (), 20)
-    # Shapes, clipping on or off, and QR's kappa make programs; the rest is traced.
+    # Shapes and clipping on or off make programs; the rest is traced.
     plan = sweep.plan(SWEEP)
     assert [len(p.runs) for p in plan.programs] == [8, 8]
     assert [p.config.hidden_sizes for p in plan.programs] == [(32,), (16,)]
@@ -61,7 +61,10 @@ def test_grid_is_the_cross_product_in_sweep_order():
         (0.0, ()), (1.0, ("max_grad_norm",)),
     ]  # fmt: skip
     qr = sweep.plan(TINY.replace(learner="qr", sweep=("huber_delta=1,2", "gamma=0.9,0.99")))
-    assert [p.traced for p in qr.programs] == [("gamma",), ("gamma",)]
+    assert [p.traced for p in qr.programs] == [("huber_delta", "gamma")]
+    # A field of an option that is off is not traced (its runs share the program).
+    off = sweep.plan(TINY.replace(sweep=("priority_exponent=0.4,0.6", "munchausen_tau=0.1")))
+    assert [(len(p.runs), p.traced) for p in off.programs] == [(4, ())]
 
 
 def test_random_search_draws_are_fixed_by_the_seed():
@@ -156,6 +159,25 @@ def test_a_sweep_run_is_the_run_alone_bit_for_bit(swept):
     assert [r["eval_return"] for r in member] == list(alone["eval_return_per_seed"])
     digests = [r["params_digest"] for r in summary["runs"]]
     assert len(set(digests)) == len(digests) == 16  # every run its own
+
+
+# IQN with Munchausen and prioritized replay: the quantile Huber threshold, the
+# Munchausen temperature (a divisor) and the priority exponent (in the sum tree)
+# vary inside one program too. Member: every traced value off its default.
+IQN = TINY.replace(learner="iqn", munchausen=True, prioritized=True, num_tau_samples=8,
+                   num_tau_prime_samples=8, num_quantile_samples=8, total_steps=1_000)  # fmt: skip
+IQN_MEMBER = {"priority_exponent": 0.4, "munchausen_tau": 0.1, "huber_delta": 2.0}
+
+
+def test_priority_exponent_munchausen_tau_and_kappa_trace_bit_for_bit(tmp_path):
+    items = ("priority_exponent=0.4,0.6", "munchausen_tau=0.1", "huber_delta=2")
+    (program,) = sweep.plan(IQN.replace(sweep=items)).programs
+    assert program.traced == ("priority_exponent", "munchausen_tau", "huber_delta")
+    summary = shell.run(IQN.replace(sweep=items), tmp_path / "sweep", quiet=True)
+    alone = shell.run(IQN.replace(**IQN_MEMBER), tmp_path / "alone", quiet=True)
+    digests = [r["params_digest"] for r in summary["runs"]]
+    assert digests[:2] == alone["params_digest"]
+    assert len(set(digests)) == 4
 
 
 def test_sweep_outputs(swept):

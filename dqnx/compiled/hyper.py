@@ -10,7 +10,8 @@ so a run of a sweep is bit for bit the run of its configuration alone: where
 Python computes with a constant in float64 before it meets an array
 (``1 - tau``, ``end - start`` of a schedule), the difference is computed here
 in float64 too; where XLA turns a division by a constant into a multiplication
-by its float32 reciprocal (the epsilon decay), the reciprocal is passed.
+by its float32 reciprocal (the epsilon decay, Munchausen's temperature), the
+reciprocal is passed.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def _values(config: Config, traced: tuple[str, ...]) -> dict[str, np.ndarray]:
         out["epsilon_end"] = np.float32(config.epsilon_end)
         out["epsilon_inv_decay"] = np.float32(1) / np.float32(decay) if decay else np.float32(0)
         out["epsilon_constant"] = np.bool_(decay == 0)
+    if "priority_exponent" in traced:
+        out["priority_exponent"] = np.float32(config.priority_exponent)
+    if "munchausen_tau" in traced:
+        out["munchausen_tau"] = np.float32(config.munchausen_tau)
+        out["munchausen_inv_tau"] = np.float32(1) / np.float32(config.munchausen_tau)
     if "importance_exponent" in traced:
         out["beta_start"] = np.float32(config.importance_exponent)
         out["beta_delta"] = np.float32(1.0 - config.importance_exponent)
@@ -91,6 +97,8 @@ def learner(config: Config, network, axis_name, hp: Mapping):
     changes = {name: hp[name] for name in LEARNER_FIELDS if name in hp}
     if "tau" in hp:
         changes["tau"] = (hp["tau"], hp["tau_complement"])
+    if "munchausen_tau" in hp:
+        changes["munchausen_tau"] = (hp["munchausen_tau"], hp["munchausen_inv_tau"])
     return builder.make_learner(config.replace(**changes), network, axis_name=axis_name)
 
 

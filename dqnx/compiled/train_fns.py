@@ -96,6 +96,15 @@ class _Parts:
     hparams: bool = False  # the state holds a sweep's traced hyperparameters
     program: sweep.ProgramPlan | None = None
 
+    def run_buffer(self, hp):
+        """One run's replay: ``buffer``, or built with the run's traced priority exponent."""
+        if not hyper.traces(hp, "priority_exponent"):
+            return self.buffer
+        config = self.config.replace(priority_exponent=hp["priority_exponent"])
+        return builder.make_buffer(
+            config, self.buffer.capacity, self.local_envs * self.config.rollout_steps
+        )
+
 
 def make_train(
     config: Config,
@@ -236,7 +245,16 @@ def _make_collect(p: _Parts):
     """``collect(state, params, epsilon, num_steps=None, add=True) -> (state, stats)``:
     every seed's actor steps its environments; the transitions go into replay."""
     config, axes = p.config, p.axes
-    batched_add = jax.vmap(p.buffer.add, in_axes=(axes.replay, 0), out_axes=axes.replay)
+
+    def batched_add(replay_state, transitions, hparams):
+        if not hyper.traces(hparams, "priority_exponent"):
+            return jax.vmap(p.buffer.add, in_axes=(axes.replay, 0), out_axes=axes.replay)(
+                replay_state, transitions
+            )
+        return jax.vmap(
+            lambda r, t, hp: p.run_buffer(hp).add(r, t),
+            in_axes=(axes.replay, 0, 0), out_axes=axes.replay,
+        )(replay_state, transitions, hparams)  # fmt: skip
 
     def rollout_one(params, actor_state, nstep_state, epsilon, gamma, num_steps):
         """One seed's rollout -> (actor_state, nstep_state, transitions[T*N], stats)."""
@@ -270,7 +288,7 @@ def _make_collect(p: _Parts):
             nstep=nstep_state,
         )
         if add:
-            state = state._replace(replay=batched_add(state.replay, transitions))
+            state = state._replace(replay=batched_add(state.replay, transitions, state.hparams))
         return state, stats
 
     return collect
@@ -281,9 +299,9 @@ def _make_learn(p: _Parts):
     update each on a batch sampled from its own replay (priorities updated); a
     sweep's runs each with the learner of their traced hyperparameters."""
 
-    def learn_step(learner):
+    def learn_step(learner, buffer=p.buffer):
         return make_learn_step(
-            learner, p.buffer, p.batch_size, prioritized=p.config.prioritized,
+            learner, buffer, p.batch_size, prioritized=p.config.prioritized,
             axis_name=p.data_axis,
         )  # fmt: skip
 
@@ -298,7 +316,7 @@ def _make_learn(p: _Parts):
 
     def learn_run(learner_state, replay_state, key, beta, hp):
         learner = hyper.learner(p.config, p.network, p.data_axis, hp)
-        return learn_step(learner)(learner_state, replay_state, key, beta)
+        return learn_step(learner, p.run_buffer(hp))(learner_state, replay_state, key, beta)
 
     def learn(learner_state, replay_state, key, beta, hparams):
         beta_axis = 0 if jnp.ndim(beta) else None

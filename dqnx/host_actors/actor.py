@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnx import nstep as nstep_lib
+from dqnx.host_actors.evaluation import greedy_actions
 from dqnx.types import Transition
 
 
@@ -129,7 +130,10 @@ class ActorThread(threading.Thread):
         self.num_actions = self.env.spec.num_actions
         self.error: BaseException | None = None
         self.steps_taken = 0
-        self._greedy = jax.jit(lambda p, o: jnp.argmax(network.apply(p, o), axis=-1))
+        self._greedy = greedy_actions(network, deterministic=False)
+        # Noisy layers' and IQN's draws: the thread's own key, folded with a step count.
+        self._key = jax.random.fold_in(jax.random.key(seed), 1_000 + index)
+        self._acted = 0
         self._push = jax.jit(nstep_lib.push, static_argnames=())
 
     def run(self) -> None:
@@ -146,7 +150,9 @@ class ActorThread(threading.Thread):
         random = rng.integers(0, self.num_actions, n, dtype=np.int32)
         if params is None:
             return random, -1
-        greedy = np.asarray(self._greedy(params, jax.device_put(obs, self.device)), np.int32)
+        self._acted += 1
+        greedy = self._greedy(params, jax.device_put(obs, self.device), self._key, self._acted)
+        greedy = np.asarray(greedy, np.int32)
         explore = rng.random(n) < np.asarray(self.epsilon(self.env_steps()), np.float32)
         return np.where(explore, random, greedy), version
 

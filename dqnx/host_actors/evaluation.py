@@ -6,6 +6,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dqnx import networks
+
+
+def greedy_actions(network, *, deterministic: bool):
+    """Jitted ``(params, obs [N, ...], key, step) -> argmax actions [N]`` of any
+    Q-network (``networks.q_values``): C51's expectation, QR's and IQN's quantile
+    means, noisy layers with noise drawn from ``fold_in(key, step)`` (or their means
+    when ``deterministic``). A plain head ignores the key."""
+
+    def greedy(params, obs, key, step):
+        key = jax.random.fold_in(key, step)
+        q = networks.q_values(network, params, obs, key, deterministic=deterministic)
+        return jnp.argmax(q, axis=-1)
+
+    return jax.jit(greedy)
+
 
 def evaluate_greedy(env, network, params, epsilon: float = 0.0, *, seed: int = 0,
                     max_steps: int | None = None) -> np.ndarray:  # fmt: skip
@@ -22,7 +38,8 @@ def evaluate_greedy(env, network, params, epsilon: float = 0.0, *, seed: int = 0
     Returns:
       float64 ``[N]``: each environment's first episode's (unclipped) return.
     """
-    greedy = jax.jit(lambda p, o: jnp.argmax(network.apply(p, o), axis=-1))
+    greedy = greedy_actions(network, deterministic=True)
+    key = jax.random.fold_in(jax.random.key(seed), 2)  # IQN's fractions
     device = next(iter(jax.tree.leaves(params)[0].devices()))
     rng = np.random.default_rng([seed, 2])
     n = env.num_envs
@@ -31,8 +48,8 @@ def evaluate_greedy(env, network, params, epsilon: float = 0.0, *, seed: int = 0
     returns = np.zeros(n)
     finished = np.zeros(n, bool)
     running = np.zeros(n)
-    for _ in range(limit):
-        actions = np.asarray(greedy(params, jax.device_put(obs, device)), np.int32)
+    for t in range(limit):
+        actions = np.asarray(greedy(params, jax.device_put(obs, device), key, t), np.int32)
         if epsilon > 0:
             explore = rng.random(n) < epsilon
             actions = np.where(explore, rng.integers(0, env.spec.num_actions, n), actions)

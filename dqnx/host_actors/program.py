@@ -84,6 +84,8 @@ class HostActorProgram:
         else:
             buffer = builder.make_buffer(config, config.buffer_size // d, self.iteration_items // d)
             init, items, add_items = self._transition_examples(obs0)
+        # Transitions the replay holds in all (a transition buffer is one per learner device).
+        self.buffer_transitions = buffer.capacity * (1 if self.frames else d)
         self.programs = make_learner_programs(
             network=self.network,
             learner=learner,
