@@ -62,6 +62,8 @@ def test_grid_is_the_cross_product_in_sweep_order():
     ]  # fmt: skip
     qr = sweep.plan(TINY.replace(learner="qr", sweep=("huber_delta=1,2", "gamma=0.9,0.99")))
     assert [p.traced for p in qr.programs] == [("huber_delta", "gamma")]
+    dtypes = sweep.plan(TINY.replace(sweep=("compute_dtype=float32,bfloat16",)))
+    assert [p.config.compute_dtype for p in dtypes.programs] == ["float32", "bfloat16"]
     # A field of an option that is off is not traced (its runs share the program).
     off = sweep.plan(TINY.replace(sweep=("priority_exponent=0.4,0.6", "munchausen_tau=0.1")))
     assert [(len(p.runs), p.traced) for p in off.programs] == [(4, ())]
