@@ -119,3 +119,45 @@ def test_two_processes_train_identically_and_only_process_0_writes(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["env_steps"] for x in lines] == [464, 864, 1200]  # one writer
     assert (workdir / "checkpoints" / "1200").is_dir()
+
+
+SWEEP_MULTIHOST = """
+import json
+from dqnx import parallel
+parallel.initialize_distributed("127.0.0.1:{port}", 2, {pid})
+import jax
+import dqnx
+from dqnx import shell
+config = dqnx.Config(env_name="CartPole-v1", num_seeds=2, num_envs=4, buffer_size=500,
+                     batch_size=16, hidden_sizes=(8,), learning_starts=64, total_steps=600,
+                     log_every=200, eval_every=0, eval_episodes=2, tensorboard=False,
+                     seed_group_size=1, sweep=("learning_rate=1e-3,3e-4",))
+s = shell.run(config, {workdir!r})
+print(json.dumps({{"pid": jax.process_index(), "runs": s["runs"]}}))
+"""
+
+
+def test_a_sweep_spreads_its_runs_over_two_processes(tmp_path):
+    """2 configurations x 2 seeds over 2 processes x 2 devices (seeds over devices);
+    every process sees the same runs, process 0 writes them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = tmp_path / "sweep"
+    procs = [
+        _python(SWEEP_MULTIHOST.format(port=port, pid=i, workdir=str(workdir)), devices=2)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    r0, r1 = (_json_line(out) for out, _ in outs)
+    assert r0["runs"] == r1["runs"]
+    runs = json.loads((workdir / "summary.json").read_text())["runs"]
+    assert [(r["learning_rate"], r["seed"]) for r in runs] == [
+        (1e-3, 0), (1e-3, 1), (3e-4, 0), (3e-4, 1),
+    ]  # fmt: skip
+    digests = [r["params_digest"] for r in runs]
+    assert digests == [r["params_digest"] for r in r0["runs"]] and len(set(digests)) == 4
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["sweep/learning_rate"] == [1e-3, 1e-3, 3e-4, 3e-4]
