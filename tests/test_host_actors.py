@@ -235,12 +235,29 @@ def test_distributional_noisy_munchausen_learner_on_host_actors(tmp_path):
     and the evaluation act on the quantile means with keyed noise and fractions."""
     config = builder.validate(
         dqnx.Config(
-            env_name="gymnasium:CartPole-v1", num_envs=4, actor_threads=2, buffer_size=2000,
-            batch_size=32, hidden_sizes=(32,), learning_starts=200, total_steps=1_000,
-            log_every=400, eval_every=0, eval_episodes=2, target_update_period=50,
-            tensorboard=False, learner="iqn", num_tau_samples=8, num_tau_prime_samples=8,
-            num_quantile_samples=8, munchausen=True, noisy=True, prioritized=True,
-            epsilon_start=0.0, epsilon_end=0.0, env_options=("max_episode_steps=60",),
+            env_name="gymnasium:CartPole-v1",
+            num_envs=4,
+            actor_threads=2,
+            buffer_size=2000,
+            batch_size=32,
+            hidden_sizes=(32,),
+            learning_starts=200,
+            total_steps=1_000,
+            log_every=400,
+            eval_every=0,
+            eval_episodes=2,
+            target_update_period=50,
+            tensorboard=False,
+            learner="iqn",
+            num_tau_samples=8,
+            num_tau_prime_samples=8,
+            num_quantile_samples=8,
+            munchausen=True,
+            noisy=True,
+            prioritized=True,
+            epsilon_start=0.0,
+            epsilon_end=0.0,
+            env_options=("max_episode_steps=60",),
         )  # fmt: skip
     )
     summary = dqnx.shell.run(config, tmp_path, quiet=True)
