@@ -34,7 +34,8 @@ def format_duration(seconds: float) -> str:
 
 
 def console_line(record: dict, total_steps: int, eta_s: float) -> str:
-    """One progress line: steps, steps/s, ETA, return, eval, loss, epsilon (seed means)."""
+    """One progress line: steps, steps/s, ETA, return, eval, loss, epsilon (means over
+    seeds or a sweep's runs, whose epsilon may differ per run)."""
     steps = record["env_steps"]
     eval_return = record.get("eval_return")
     return (
@@ -43,7 +44,7 @@ def console_line(record: dict, total_steps: int, eta_s: float) -> str:
         f" | return {_fmt(_mean(record['train_return']), '8.2f')}"
         f" | eval {_fmt(_mean(eval_return), '8.2f')}"
         f" | loss {_fmt(_mean(record['loss']), '.4f')}"
-        f" | eps {record['epsilon']:.3f}"
+        f" | eps {_fmt(_mean(record['epsilon']), '.3f')}"
     )
 
 
@@ -72,7 +73,7 @@ def progress_postfix(record: Mapping[str, Any], last_eval: float | None) -> str:
         f" | return {_fmt(_mean(record.get('train_return')), '.2f').strip()}"
         f" | eval {_fmt(float('nan') if last_eval is None else last_eval, '.2f').strip()}"
         f" | loss {_fmt(_mean(record.get('loss')), '.4f').strip()}"
-        f" | eps {record['epsilon']:.3f}"
+        f" | eps {_fmt(_mean(record.get('epsilon')), '.3f').strip()}"
     )
 
 

@@ -225,6 +225,9 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("steps        500/1,000 ( 50.0%)")
+    # A sweep's runs may each have their own epsilon: the line shows their mean.
+    runs = progress_lib.console_line(_record(500, [1.0, 2.0], [0.1, 0.2], eps=[0.1, 0.3]), 1000, 0)
+    assert runs.endswith("| eps 0.200")
     assert "ETA 0:01:15" in lines[0] and "return     2.00" in lines[0]
     assert "eval     9.00" in lines[1] and "ETA 0:00:00" in lines[1]
     assert lines[2] == "done"
@@ -235,6 +238,7 @@ def test_progress_bar_shows_steps_and_postfix():
     progress = progress_lib.Progress(1_000_000, initial=100_000, use_bar=True, file=out)
     assert progress.uses_bar
     progress.update(_record(500_000, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], eval_return=[7, 8, 9]))
+    progress.update(_record(550_000, [4.0, 5.0, 6.0], [0.1, 0.2, 0.3], eps=[0.1, 0.2]))
     progress.update(_record(600_000, [4.0, 5.0, 6.0], [0.1, 0.2, 0.3], eps=0.25))
     progress.write("message")
     progress.close()
