@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The MinAtar results table (issue 17): every game x {Double DQN, M-DQN, QR-DQN,
+# Rainbow-full}, SEEDS seeds vmapped in one program each, STEPS env steps per seed.
+#
+#   scripts/minatar_table.sh [RUNS_DIR] [OUT_DIR]      (default runs/minatar, experiments/results)
+#   SEEDS=3 STEPS=2000000 GAMES="breakout asterix" LEARNERS="dqn mdqn" scripts/minatar_table.sh
+#
+# Each (game, learner) is one experiments/run.py in RUNS_DIR/GAME-LEARNER; a finished
+# one (summary.json at STEPS) is skipped, an interrupted one resumes from its last
+# checkpoint, so the script can be stopped and started again. Then, per game,
+# scripts/plot.py draws the learners' greedy-evaluation curves (OUT_DIR/minatar_GAME.png)
+# and writes their final mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md).
+#
+# Learners (the game's flagfile otherwise):
+#   dqn   GAME_minatar.flags (Double DQN)
+#   mdqn  + --munchausen (tau 0.03, alpha 0.9, l0 -1, Vieillard et al., 2020)
+#   qr    + --learner=qr (200 quantiles, kappa 1; Double selection as the flagfile)
+#   rainbow_full  GAME_minatar_rainbow_full.flags (C51 + prioritized + 3-step + dueling + noisy)
+set -eu -o pipefail
+
+RUNS=${1:-runs/minatar}
+OUT=${2:-experiments/results}
+SEEDS=${SEEDS:-3}
+STEPS=${STEPS:-2000000}
+GAMES=${GAMES:-"asterix breakout freeway seaquest space_invaders"}
+LEARNERS=${LEARNERS:-"dqn mdqn qr rainbow_full"}
+cd "$(dirname "$0")/.."
+mkdir -p "$RUNS" "$OUT"
+
+finished() {  # $1: run dir
+  python - "$1" "$STEPS" <<'EOF'
+import json, sys
+from pathlib import Path
+p = Path(sys.argv[1]) / "summary.json"
+ok = p.exists() and json.loads(p.read_text()).get("env_steps_per_seed", 0) >= int(sys.argv[2])
+sys.exit(0 if ok else 1)
+EOF
+}
+
+for game in $GAMES; do
+  dirs=()
+  labels=()
+  for learner in $LEARNERS; do
+    case $learner in
+      dqn) flags=(--flagfile=experiments/configs/${game}_minatar.flags) ;;
+      mdqn) flags=(--flagfile=experiments/configs/${game}_minatar.flags --munchausen) ;;
+      qr) flags=(--flagfile=experiments/configs/${game}_minatar.flags --learner=qr) ;;
+      rainbow_full) flags=(--flagfile=experiments/configs/${game}_minatar_rainbow_full.flags) ;;
+      *) echo "unknown learner: $learner (dqn, mdqn, qr, rainbow_full)" >&2; exit 2 ;;
+    esac
+    dir="$RUNS/$game-$learner"
+    dirs+=("$dir")
+    labels+=("$learner")
+    if finished "$dir"; then
+      echo "done: $dir"
+      continue
+    fi
+    echo "run: $dir"
+    python experiments/run.py "${flags[@]}" --num_seeds="$SEEDS" --total_steps="$STEPS" \
+      --eval_every=$((STEPS / 10)) --checkpoint_every=$((STEPS / 10)) --workdir="$dir"
+  done
+  label_list=$(IFS=,; echo "${labels[*]}")
+  python scripts/plot.py "${dirs[@]}" --labels "$label_list" --title "$game (MinAtar)" \
+    --out "$OUT/minatar_$game.png" --table "$OUT/minatar_$game.md"
+done
