@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from tiny_configs import CARTPOLE
 
 import dqnx
 from dqnx import builder, host_envs
@@ -234,18 +235,17 @@ def test_distributional_noisy_munchausen_learner_on_host_actors(tmp_path):
     """IQN + M-IQN + noisy nets + prioritized replay, epsilon 0: the actor threads
     and the evaluation act on the quantile means with keyed noise and fractions."""
     config = builder.validate(
-        dqnx.Config(
+        CARTPOLE.replace(
             env_name="gymnasium:CartPole-v1",
-            num_envs=4,
+            num_seeds=1,
             actor_threads=2,
             buffer_size=2000,
-            batch_size=32,
             hidden_sizes=(32,),
             learning_starts=200,
             total_steps=1_000,
             log_every=400,
+            checkpoint_every=0,
             eval_every=0,
-            eval_episodes=2,
             target_update_period=50,
             tensorboard=False,
             learner="iqn",

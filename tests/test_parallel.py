@@ -97,19 +97,26 @@ print(json.dumps({{"pid": jax.process_index(), "processes": jax.process_count(),
 """
 
 
-def test_two_processes_train_identically_and_only_process_0_writes(tmp_path):
+def _two_processes(code: str, workdir: Path) -> tuple[list[tuple[str, str]], dict, dict]:
+    """Runs ``code`` (formatted with a free port, the process id and ``workdir``) as
+    processes 0 and 1 of one ``jax.distributed`` run, 2 CPU devices each; both must
+    exit 0. Returns their (stdout, stderr) and the last JSON line each printed."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    workdir = tmp_path / "run"
     procs = [
-        _python(MULTIHOST.format(port=port, pid=i, workdir=str(workdir)), devices=2)
-        for i in range(2)
+        _python(code.format(port=port, pid=i, workdir=str(workdir)), devices=2) for i in range(2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     r0, r1 = (_json_line(out) for out, _ in outs)
+    return outs, r0, r1
+
+
+def test_two_processes_train_identically_and_only_process_0_writes(tmp_path):
+    workdir = tmp_path / "run"
+    outs, r0, r1 = _two_processes(MULTIHOST, workdir)
     assert (r0["processes"], r0["devices"], r1["pid"]) == (2, 4, 1)
     assert r0["local"] == r1["local"] != "copies-differ"  # same params on all 4 devices
     assert r0["global"] == r1["global"]
@@ -140,18 +147,8 @@ print(json.dumps({{"pid": jax.process_index(), "runs": s["runs"]}}))
 def test_a_sweep_spreads_its_runs_over_two_processes(tmp_path):
     """2 configurations x 2 seeds over 2 processes x 2 devices (seeds over devices);
     every process sees the same runs, process 0 writes them."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     workdir = tmp_path / "sweep"
-    procs = [
-        _python(SWEEP_MULTIHOST.format(port=port, pid=i, workdir=str(workdir)), devices=2)
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    r0, r1 = (_json_line(out) for out, _ in outs)
+    _, r0, r1 = _two_processes(SWEEP_MULTIHOST, workdir)
     assert r0["runs"] == r1["runs"]
     runs = json.loads((workdir / "summary.json").read_text())["runs"]
     assert [(r["learning_rate"], r["seed"]) for r in runs] == [
