@@ -92,6 +92,8 @@ def learner_alone(config, seconds: float) -> dict:
     finally:
         program.close()
     state = program.state
+    # The replay's device bytes, before the donated ingests below consume the arrays.
+    replay_bytes = int(sum(x.nbytes for x in jax.tree.leaves(state.replay)))
     for b in batches:  # fill replay past one batch
         state = program._add(state, b)
     beta = np.float32(config.importance_exponent)
@@ -108,6 +110,8 @@ def learner_alone(config, seconds: float) -> dict:
         "learner_ingests_per_s": count / dt,
         "learner_updates_per_s": count * config.updates_per_iteration / dt,
         "learner_sps": count * program.iteration_items / dt,
+        "replay_bytes": replay_bytes,
+        "replay_transitions": program.buffer_transitions,
     }
 
 
@@ -139,23 +143,14 @@ def pipeline(config, seconds: float) -> dict:
 
 def atari_figures(config, result: dict) -> dict:
     """Frames/s of the measured rates, and the frame replay's bytes per transition
-    measured from the device buffers of a fresh program."""
+    (``learner_alone`` measured the device buffers)."""
     skip = 4 if config.env_name.startswith("ale:") else 1  # ALE: frame skip 4
-    program = HostActorProgram(config)
-    try:
-        leaves = jax.tree.leaves(program.state.replay)
-        replay_bytes = int(sum(x.nbytes for x in leaves))
-    finally:
-        program.close()
-    transitions = program.buffer_transitions
-    per = replay_bytes / transitions
+    per = result["replay_bytes"] / result["replay_transitions"]
     return {
         "frame_skip": skip,
         "actors_random_frames_per_s": result["actors_random_sps"] * skip,
         "actors_greedy_frames_per_s": result["actors_greedy_sps"] * skip,
         "pipeline_frames_per_s": result["pipeline_sps"] * skip,
-        "replay_bytes": replay_bytes,
-        "replay_transitions": transitions,
         "replay_bytes_per_transition": per,
         "replay_1m_gb": per * 1e6 / 1e9,
     }

@@ -246,15 +246,10 @@ def _make_collect(p: _Parts):
     every seed's actor steps its environments; the transitions go into replay."""
     config, axes = p.config, p.axes
 
-    def batched_add(replay_state, transitions, hparams):
-        if not hyper.traces(hparams, "priority_exponent"):
-            return jax.vmap(p.buffer.add, in_axes=(axes.replay, 0), out_axes=axes.replay)(
-                replay_state, transitions
-            )
-        return jax.vmap(
-            lambda r, t, hp: p.run_buffer(hp).add(r, t),
-            in_axes=(axes.replay, 0, 0), out_axes=axes.replay,
-        )(replay_state, transitions, hparams)  # fmt: skip
+    def add_run(replay_state, transitions, hp):  # hp: the run's traced values, or None
+        return p.run_buffer(hp).add(replay_state, transitions)
+
+    batched_add = jax.vmap(add_run, in_axes=(axes.replay, 0, 0), out_axes=axes.replay)
 
     def rollout_one(params, actor_state, nstep_state, epsilon, gamma, num_steps):
         """One seed's rollout -> (actor_state, nstep_state, transitions[T*N], stats)."""
