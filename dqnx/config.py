@@ -22,6 +22,7 @@ __all__ = ["Config", "ConfigError", "suggest"]
 
 LOSSES = ("huber", "mse")
 LEARNERS = ("dqn", "c51", "qr", "iqn")
+QUANTILE_LEARNERS = ("qr", "iqn")  # trained with the quantile Huber loss
 CONV_IMPLS = ("auto", "patches", "xla")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EXPLORATIONS = ("linear", "apex")

@@ -14,9 +14,11 @@ field                         cpu                    gpu, tpu
 ``cache_sized_seed_groups``   True (``seed_groups``) False: all at once
 ``conv_impl``                 "patches"              "xla" (``nn.Conv``)
 ``split_seed_data``           False (``parallel``)   True
+``quantile_native_reductions`` True (``xla``)         False
 ============================  =====================  ==================
 
-``DQNX_XLA_CPU_TUNING=0`` turns the first two off on CPU (A/B timings). The
+``DQNX_XLA_CPU_TUNING=0`` turns the XLA:CPU compile choices (``unroll_threefry``,
+``fast_compile_cold``, ``quantile_native_reductions``) off on CPU (A/B timings). The
 module is named ``platforms`` so that it never shadows the standard library's
 ``platform``. It imports nothing of dqnx and no ``Config``: building blocks may
 ask it.
@@ -57,6 +59,10 @@ class PlatformChoices:
       split_seed_data: ``--num_devices=0`` splits each seed's data over the
         devices the seeds leave idle (a gradient all-reduce between XLA CPU
         devices costs more than half a batch saves; ``parallel.choose_layout``).
+      quantile_native_reductions: compile the hot programs of the quantile
+        learners (QR-DQN, IQN) with XLA's own reductions instead of YNNPACK
+        reduce fusions: the quantile Huber loss's [N, N'] pairwise terms took
+        ~7x longer in them (``xla.program_options``).
     """
 
     platform: str
@@ -65,6 +71,7 @@ class PlatformChoices:
     cache_sized_seed_groups: bool
     conv_impl: str
     split_seed_data: bool
+    quantile_native_reductions: bool
 
 
 def tuning_enabled() -> bool:
@@ -88,6 +95,7 @@ def _choices(platform: str, tuning: bool) -> PlatformChoices:
             cache_sized_seed_groups=True,
             conv_impl="patches",
             split_seed_data=False,
+            quantile_native_reductions=tuning,
         )
     # GPU, TPU and any other accelerator: XLA's own lowerings and layers.
     return PlatformChoices(
@@ -97,12 +105,13 @@ def _choices(platform: str, tuning: bool) -> PlatformChoices:
         cache_sized_seed_groups=False,
         conv_impl="xla",
         split_seed_data=True,
+        quantile_native_reductions=False,
     )
 
 
 def choices_for(platform: str, *, tuning: bool | None = None) -> PlatformChoices:
     """The choices on ``platform`` ("cpu", "gpu", "tpu"; "cuda" and "rocm" are
-    "gpu"). ``tuning`` (default: ``tuning_enabled()``) gates the two XLA:CPU
+    "gpu"). ``tuning`` (default: ``tuning_enabled()``) gates the XLA:CPU
     compile choices."""
     return _choices(normalize(platform), tuning_enabled() if tuning is None else tuning)
 

@@ -5,17 +5,22 @@
 #   scripts/minatar_table.sh [RUNS_DIR] [OUT_DIR]      (default runs/minatar, experiments/results)
 #   SEEDS=3 STEPS=2000000 GAMES="breakout asterix" LEARNERS="dqn mdqn" scripts/minatar_table.sh
 #
-# Each (game, learner) is one experiments/run.py in RUNS_DIR/GAME-LEARNER; a finished
-# one (summary.json at STEPS) is skipped, an interrupted one resumes from its last
-# checkpoint, so the script can be stopped and started again. Then, per game,
-# scripts/plot.py draws the learners' greedy-evaluation curves (OUT_DIR/minatar_GAME.png)
-# and writes their final mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md).
+# Each (game, learner) is one experiments/run.py in RUNS_DIR/GAME-LEARNER; an interrupted
+# one resumes from its last checkpoint, so the script can be stopped and started again.
+# A finished one (summary.json at STEPS) has its record (summary.json, config.json,
+# metrics.jsonl: ~20 KB, no checkpoints) copied to OUT_DIR/minatar/GAME-LEARNER, which is
+# kept in the repository: a record there counts as done, so the table fills in over
+# several sessions or machines. Then, per game, scripts/plot.py draws the recorded
+# learners' greedy-evaluation curves (OUT_DIR/minatar_GAME.png) and writes their final
+# mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md); a learner not yet
+# run is left out of that game's plot and table.
 #
 # Learners (the game's flagfile otherwise):
 #   dqn   GAME_minatar.flags (Double DQN)
 #   mdqn  + --munchausen (tau 0.03, alpha 0.9, l0 -1, Vieillard et al., 2020)
 #   qr    + --learner=qr (200 quantiles, kappa 1; Double selection as the flagfile)
 #   rainbow_full  GAME_minatar_rainbow_full.flags (C51 + prioritized + 3-step + dueling + noisy)
+# PLOT_ONLY=1 runs nothing: it redraws the plots and tables from the records.
 set -eu -o pipefail
 
 RUNS=${1:-runs/minatar}
@@ -27,12 +32,13 @@ LEARNERS=${LEARNERS:-"dqn mdqn qr rainbow_full"}
 cd "$(dirname "$0")/.."
 mkdir -p "$RUNS" "$OUT"
 
-finished() {  # $1: run dir
-  python - "$1" "$STEPS" <<'EOF'
+finished() {  # $1: run dir (or record)
+  python - "$1" "$STEPS" "$SEEDS" <<'EOF'
 import json, sys
 from pathlib import Path
 p = Path(sys.argv[1]) / "summary.json"
-ok = p.exists() and json.loads(p.read_text()).get("env_steps_per_seed", 0) >= int(sys.argv[2])
+s = json.loads(p.read_text()) if p.exists() else {}
+ok = s.get("env_steps_per_seed", 0) >= int(sys.argv[2]) and s.get("num_seeds") == int(sys.argv[3])
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -49,17 +55,28 @@ for game in $GAMES; do
       *) echo "unknown learner: $learner (dqn, mdqn, qr, rainbow_full)" >&2; exit 2 ;;
     esac
     dir="$RUNS/$game-$learner"
-    dirs+=("$dir")
-    labels+=("$learner")
-    if finished "$dir"; then
-      echo "done: $dir"
+    record="$OUT/minatar/$game-$learner"
+    if finished "$record"; then
+      echo "recorded: $record"
+    elif [ "${PLOT_ONLY:-0}" = 1 ]; then
+      echo "not run yet: $game $learner"
       continue
+    else
+      if ! finished "$dir"; then
+        echo "run: $dir"
+        python experiments/run.py "${flags[@]}" --num_seeds="$SEEDS" --total_steps="$STEPS" \
+          --eval_every=$((STEPS / 10)) --checkpoint_every=$((STEPS / 10)) --workdir="$dir"
+      fi
+      mkdir -p "$record"
+      cp "$dir/summary.json" "$dir/config.json" "$dir/metrics.jsonl" "$record/"
+      echo "recorded: $record"
     fi
-    echo "run: $dir"
-    python experiments/run.py "${flags[@]}" --num_seeds="$SEEDS" --total_steps="$STEPS" \
-      --eval_every=$((STEPS / 10)) --checkpoint_every=$((STEPS / 10)) --workdir="$dir"
+    dirs+=("$record")
+    labels+=("$learner")
   done
-  label_list=$(IFS=,; echo "${labels[*]}")
-  python scripts/plot.py "${dirs[@]}" --labels "$label_list" --title "$game (MinAtar)" \
-    --out "$OUT/minatar_$game.png" --table "$OUT/minatar_$game.md"
+  if [ ${#dirs[@]} -gt 0 ]; then
+    label_list=$(IFS=,; echo "${labels[*]}")
+    python scripts/plot.py "${dirs[@]}" --labels "$label_list" --title "$game (MinAtar)" \
+      --out "$OUT/minatar_$game.png" --table "$OUT/minatar_$game.md"
+  fi
 done

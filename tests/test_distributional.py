@@ -229,6 +229,40 @@ def test_quantile_loss_by_hand():
     np.testing.assert_allclose(loss, (0.25 * 1 + 0.75 * 2) / 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kappa", [0.0, 0.3])
+@pytest.mark.parametrize("traced", [False, True])
+def test_quantile_loss_gradients_match_rlax(kappa, traced):
+    # Gradients for the values, the fractions and the targets equal those of rlax's
+    # formula (targets not stopped); a traced kappa (a sweep's) has the gradient of
+    # the Huber loss written out here.
+    rng = np.random.default_rng(3)
+    src = jnp.asarray(rng.normal(size=7), jnp.float32)
+    tau = jnp.asarray(rng.uniform(0.05, 0.95, size=7), jnp.float32)
+    tgt = jnp.asarray(rng.normal(size=5) * 2, jnp.float32)
+
+    def ours(s, t, g, k):
+        return dist.quantile_regression_loss(s, t, g, k if traced else kappa)
+
+    def reference(s, t, g, k):
+        u = g[None, :] - s[:, None]
+        w = jnp.abs(t[:, None] - jax.lax.stop_gradient((u < 0).astype(u.dtype)))
+        q = jnp.minimum(jnp.abs(u), k)
+        loss = 0.5 * q**2 + k * (jnp.abs(u) - q) if kappa > 0 else jnp.abs(u)
+        return jnp.sum(jnp.mean(w * loss, axis=-1))
+
+    args = (src, tau, tgt, jnp.float32(kappa))
+    value, grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2, 3)))(*args)
+    rlax_loss = lambda s, t, g: rlax.quantile_regression_loss(
+        s, t, g, huber_param=kappa, stop_target_gradients=False
+    )
+    np.testing.assert_allclose(value, rlax_loss(src, tau, tgt), rtol=1e-6)
+    for ours_g, ref_g in zip(grads[:3], jax.grad(rlax_loss, (0, 1, 2))(src, tau, tgt), strict=True):
+        np.testing.assert_allclose(ours_g, ref_g, rtol=1e-5, atol=1e-7)
+    if traced:
+        np.testing.assert_allclose(grads[3], jax.grad(reference, 3)(*args), rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(grads[0]) != 0) and np.all(np.asarray(grads[2]) != 0)
+
+
 def test_quantile_target_has_no_gradient_and_rejects_batches():
     q_tm1, a_tm1, r_t, d_t, q_sel, q_t = _random_quantiles(0)
     tau = dist.quantile_midpoints(q_tm1.shape[1])

@@ -23,6 +23,7 @@ CPU_TODAY = {
     "cache_sized_seed_groups": True,
     "conv_impl": "patches",
     "split_seed_data": False,
+    "quantile_native_reductions": True,
 }
 ACCELERATOR = {
     "unroll_threefry": False,
@@ -30,6 +31,7 @@ ACCELERATOR = {
     "cache_sized_seed_groups": False,
     "conv_impl": "xla",
     "split_seed_data": True,
+    "quantile_native_reductions": False,
 }
 
 
@@ -43,8 +45,10 @@ def test_cpu_keeps_todays_choices_and_accelerators_turn_them_off():
     assert choices("cpu", tuning=True) == CPU_TODAY
     for platform in ("gpu", "tpu", "cuda", "rocm"):
         assert choices(platform) == ACCELERATOR, platform
-    # DQNX_XLA_CPU_TUNING=0 turns off the two XLA:CPU compile choices only.
-    off = dict(CPU_TODAY, unroll_threefry=False, fast_compile_cold=False)
+    # DQNX_XLA_CPU_TUNING=0 turns off the XLA:CPU compile choices only.
+    off = dict(
+        CPU_TODAY, unroll_threefry=False, fast_compile_cold=False, quantile_native_reductions=False
+    )
     assert choices("cpu", tuning=False) == off
     assert platforms.current().platform == platforms.normalize(jax.default_backend())
 
@@ -79,9 +83,13 @@ def test_layout_and_compile_options_follow_the_platform(on):
     assert parallel.choose_layout(1, 0, 8, 64, 1000) == parallel.Layout(1, 1)
     if platforms.tuning_enabled():
         assert xla.program_options(hot=False, trivial=True)  # legacy emitters, LLVM level 0
+        # A quantile learner's hot program keeps YNNPACK for matmuls and convolutions only.
+        assert xla.program_options(quantile_loss=True) == xla.QUANTILE_OPTIONS
+    assert xla.program_options() == {}  # other hot programs: XLA's defaults
     on("gpu")  # ... on an accelerator the idle device takes half of its data
     assert parallel.choose_layout(1, 0, 8, 64, 1000) == parallel.Layout(1, 2)
     assert xla.program_options(hot=False, trivial=True) == {}
+    assert xla.program_options(quantile_loss=True) == {}
     assert xla.compiler_options() == {}
 
 
