@@ -58,7 +58,7 @@ def make_schedules(config: Config) -> Schedules:
 
 def make_env(config: Config) -> envs.Env:
     """The compiled (gymnax) environment ``config.env_name`` names."""
-    return envs.make(config.env_name)
+    return envs.make(config.env_name, normalize_obs=config.normalize_obs)
 
 
 def fields(config: Config, *names: str) -> dict:
@@ -331,6 +331,11 @@ def _validate_host(config: Config) -> None:
     from dqnx import host_envs
 
     host_envs.check_host_env_name(config.env_name)
+    if config.normalize_obs:
+        raise ConfigError(
+            "--normalize_obs applies to compiled (gymnax) environments only; "
+            f"{config.env_name} runs on host actors"
+        )
     if config.num_seeds != 1:
         raise ConfigError(
             f"--num_seeds={config.num_seeds}: host actors train one seed per process (each "

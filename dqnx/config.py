@@ -93,6 +93,11 @@ class Config:
       env_options: host environments only: ``KEY=VALUE`` options of the
         environment (e.g. ``sticky_action_prob=0.0``, ``max_episode_steps=1000``,
         ``protocol=nature``).
+      normalize_obs: compiled (gymnax) environments with vector observations:
+        map each observation component with finite bounds in the env's
+        observation space linearly onto [-1, 1] (MountainCar: position in
+        [-1.2, 0.6], velocity in [-0.07, 0.07]); unbounded components pass as
+        they are. The agent, the replay and evaluation all see the scaled values.
       seed: base seed; seed ``i`` of a sweep uses ``seed + i``.
       num_seeds: independent runs vmapped in one compiled program.
       num_devices: devices the seeds are spread over (0 = as many local devices as
@@ -216,6 +221,7 @@ class Config:
 
     env_name: str = "CartPole-v1"
     env_options: tuple[str, ...] = ()
+    normalize_obs: bool = False
     seed: int = 0
     num_seeds: int = 1
     num_devices: int = neutral(0)

@@ -137,13 +137,40 @@ def check_env_name(name: str) -> None:
         raise ConfigError(f"--env_name={name} has a continuous action space; DQN needs discrete")
 
 
-def make(name: str, **param_overrides) -> Env:
+def bounds_scaling(name: str, low, high) -> tuple[np.ndarray, np.ndarray]:
+    """(center, half width) that map ``[low, high]`` onto [-1, 1] componentwise:
+    ``(obs - center) / half_width``; a component with an infinite bound gets
+    (0, 1) and passes as it is.
+
+    Raises:
+      ConfigError: no component has finite bounds, or a bound interval is empty.
+    """
+    low = np.asarray(low, np.float64)
+    high = np.asarray(high, np.float64)
+    low, high = np.broadcast_arrays(low, high)
+    finite = np.isfinite(low) & np.isfinite(high) & (np.abs(high - low) < 1e30)
+    if not finite.any():
+        raise ConfigError(f"--normalize_obs: {name}'s observation space has no finite bounds")
+    if np.any(high[finite] <= low[finite]):
+        raise ConfigError(f"--normalize_obs: {name}'s observation bounds are empty: {low}, {high}")
+    center = np.where(finite, (high + low) / 2, 0.0).astype(np.float32)
+    half_width = np.where(finite, (high - low) / 2, 1.0).astype(np.float32)
+    return center, half_width
+
+
+def make(name: str, *, normalize_obs: bool = False, **param_overrides) -> Env:
     """Builds the adapter for gymnax env ``name`` (see module docstring).
 
     Args:
       name: gymnax env id with a discrete action space.
+      normalize_obs: map each observation component with finite bounds in the
+        observation space linearly onto [-1, 1] (``bounds_scaling``); vector
+        observations only.
       **param_overrides: fields of the env's gymnax ``EnvParams`` to change,
         e.g. ``max_steps_in_episode=100``.
+
+    Raises:
+      ConfigError: ``normalize_obs`` for an env without bounded vector observations.
     """
     gymnax = import_gymnax()
     from gymnax.environments import spaces
@@ -162,11 +189,18 @@ def make(name: str, **param_overrides) -> Env:
 
         def convert(obs):
             return obs > 0.5  # MinAtar channels are exactly 0.0 / 1.0
+    elif normalize_obs:
+        center, half_width = bounds_scaling(name, obs_space.low, obs_space.high)
+
+        def convert(obs):
+            return (obs - center) / half_width
     else:
 
         def convert(obs):
             return obs
 
+    if normalize_obs and (isinstance(obs_space, spaces.Discrete) or name.endswith("-MinAtar")):
+        raise ConfigError(f"--normalize_obs: {name} has no bounded vector observations to scale")
     obs0, _ = jax.eval_shape(lambda k: env.reset(k, params), jax.random.key(0))
     obs0 = jax.eval_shape(convert, obs0)
     spec = EnvSpec(

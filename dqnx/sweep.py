@@ -58,6 +58,7 @@ PROGRAM = (
     "double_q", "loss", "anneal_lr", "exploration", "apex_epsilon",
     "apex_alpha", "actor_sync_period", "num_envs", "rollout_steps", "updates_per_iteration",
     "buffer_size", "batch_size", "learning_starts", "compute_dtype", "conv_impl",
+    "normalize_obs",
 )  # fmt: skip
 LOG_SCALE = (
     "learning_rate", "adam_eps", "max_grad_norm", "tau", "huber_delta", "target_update_period",

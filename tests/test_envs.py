@@ -131,3 +131,26 @@ print(callable(plt.figure))
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["_OnFirstUse", "False", "3", "module", "True"]
+
+
+def test_normalize_obs_maps_bounded_components_onto_unit_interval():
+    import gymnax
+
+    # MountainCar: position in [-1.2, 0.6], velocity in [-0.07, 0.07] (gymnax's
+    # constants); scaled by hand: (x - (-0.3)) / 0.9 and v / 0.07.
+    env = envs.make("MountainCar-v0", normalize_obs=True)
+    genv, params = gymnax.make("MountainCar-v0")
+    raw, _ = genv.reset(jax.random.key(5), params)
+    obs, state = env.reset(jax.random.key(5))
+    np.testing.assert_allclose(obs, [(raw[0] + 0.3) / 0.9, raw[1] / 0.07], rtol=1e-6)
+    state, step = env.step(jax.random.key(6), state, jnp.int32(2))
+    assert np.all(np.abs(np.asarray(step.next_obs)) <= 1.0)
+    np.testing.assert_allclose(step.next_obs[1] * 0.07, state.inner.velocity, rtol=1e-5)
+    # CartPole: the velocities are unbounded and pass unchanged; x / 4.8, theta / (24 deg).
+    env = envs.make("CartPole-v1", normalize_obs=True)
+    obs, _ = env.reset(jax.random.key(1))
+    raw, _ = envs.make("CartPole-v1").reset(jax.random.key(1))
+    np.testing.assert_allclose(obs, [raw[0] / 4.8, raw[1], raw[2] / (24 * np.pi / 180), raw[3]],
+                               rtol=1e-5)  # fmt: skip
+    with pytest.raises(ConfigError, match="normalize_obs"):
+        envs.make("Breakout-MinAtar", normalize_obs=True)
