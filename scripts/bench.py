@@ -53,8 +53,9 @@ import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from dqnx import builder, compiled  # noqa: E402
+from dqnx import builder, compiled, xla  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
+from dqnx.config import QUANTILE_LEARNERS  # noqa: E402
 
 flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per program (after one warm-up chunk).")
@@ -211,14 +212,16 @@ def specs_of(tree):
     return jax.tree.map(lambda x: getattr(x.sharding, "spec", P()), tree)
 
 
-def compile_part(fn, mesh, carry, extra):
+def compile_part(fn, mesh, carry, extra, options=None):
     """jit(shard_map(fn)) donating ``carry``, compiled ahead of time for the
-    arrays as they lie; returns (compiled, seconds)."""
+    arrays as they lie, with compile ``options`` (the chunk's, for a learner);
+    returns (compiled, seconds)."""
     in_specs = (specs_of(carry), *[specs_of(e) for e in extra])
     out_specs = (specs_of(carry), P(parallel.SEEDS))
     wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
     t0 = time.perf_counter()
-    compiled = jax.jit(wrapped, donate_argnums=(0,)).lower(carry, *extra).compile()
+    lowered = jax.jit(wrapped, donate_argnums=(0,)).lower(carry, *extra)
+    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
     return compiled, time.perf_counter() - t0
 
 
@@ -312,9 +315,12 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     }
     stages = {"full": (programs.chunk, lambda s: s, lambda s: (), None)}
     compile_s = {}
+    # The learner part compiles as the chunk does (xla.program_options: QR/IQN on CPU).
+    learner_options = xla.program_options(quantile_loss=config.learner in QUANTILE_LEARNERS)
     for name, (carry, extra, field) in getters.items():
+        options = learner_options if name == "learner" else None
         program, compile_s[name] = compile_part(
-            parts[name], mesh, carry(part_state), extra(part_state)
+            parts[name], mesh, carry(part_state), extra(part_state), options
         )
         stages[name] = (program, carry, extra, field)
     states = {"full": state, "parts": part_state}

@@ -80,3 +80,17 @@ for game in $GAMES; do
       --out "$OUT/minatar_$game.png" --table "$OUT/minatar_$game.md"
   fi
 done
+
+# All games in one file: the per-game tables under a heading each.
+{
+  echo "# MinAtar: final greedy return, $SEEDS seeds x $STEPS env steps (scripts/minatar_table.sh)"
+  for game in asterix breakout freeway seaquest space_invaders; do
+    if [ -f "$OUT/minatar_$game.md" ]; then
+      echo
+      echo "## $game"
+      echo
+      grep '^|' "$OUT/minatar_$game.md"
+    fi
+  done
+} > "$OUT/minatar.md"
+echo "wrote $OUT/minatar.md"
