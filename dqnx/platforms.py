@@ -6,21 +6,21 @@ help, or do nothing. Each is a field of ``PlatformChoices``, and every site
 that makes one of these choices asks ``choices_for(platform)`` (``current()``
 for JAX's default backend) instead of testing the backend itself:
 
-============================  =====================  ==================
-field                         cpu                    gpu, tpu
-============================  =====================  ==================
-``unroll_threefry``           True (``xla``)         False
-``fast_compile_cold``         True (``xla``)         False
-``cache_sized_seed_groups``   True (``seed_groups``) False: all at once
-``conv_impl``                 "patches"              "xla" (``nn.Conv``)
-``split_seed_data``           False (``parallel``)   True
-``quantile_native_reductions`` True (``xla``)         False
-============================  =====================  ==================
+==============================  ======================  ===================
+field                           cpu                     gpu, tpu
+==============================  ======================  ===================
+``unroll_threefry``             True (``xla``)          False
+``fast_compile_cold``           True (``xla``)          False
+``cache_sized_seed_groups``     True (``seed_groups``)  False: all at once
+``conv_impl``                   "patches"               "xla" (``nn.Conv``)
+``split_seed_data``             False (``parallel``)    True
+``quantile_native_reductions``  True (``xla``)          False
+==============================  ======================  ===================
 
-``DQNX_XLA_CPU_TUNING=0`` turns the XLA:CPU compile choices (``unroll_threefry``,
-``fast_compile_cold``, ``quantile_native_reductions``) off on CPU (A/B timings). The
+``DQNX_XLA_CPU_TUNING=0`` turns the XLA:CPU compile cho  ices (``unroll_threefry``,
+``fast_compile_cold``, ``quantile_native_reductions``)  off on CPU (A/B timings). The
 module is named ``platforms`` so that it never shadows the standard library's
-``platform``. It imports nothing of dqnx and no ``Config``: building blocks may
+``platform``. It imports nothing of dqnx and no ``Confi  g``: building blocks may
 ask it.
 """
 
