@@ -142,7 +142,7 @@ def cli_env(tmp_path_factory):
     )
 
 
-KILL_TRIALS = int(os.environ.get("DQNX_KILL_TRIALS", "6"))
+KILL_TRIALS = int(os.environ.get("DQNX_KILL_TRIALS", "4"))  # 2 of each kind
 
 
 def _start(workdir, env):

@@ -353,8 +353,11 @@ def test_seed_groups_match_all_seeds_at_once():
         config = base.replace(seed_group_size=group).validate()
         fns = compiled.make_train(config)
         assert fns.seed_group == group
-        state = jax.jit(fns.init)()
-        state, _ = jax.jit(fns.prefill)(state)
+        # init and prefill as compile_train compiles them (faster to compile on CPU).
+        init = jax.jit(fns.init).lower().compile(xla.program_options(hot=False, trivial=True))
+        state = init()
+        prefill = jax.jit(fns.prefill).lower(state)
+        state, _ = prefill.compile(xla.program_options(hot=False, run_once=True))(state)
         types_in = [str(jax.typeof(x)) for x in jax.tree.leaves(state)]
         state, metrics = jax.jit(fns.chunk)(state)
         # Its outputs have its inputs' types (the initial state has no weak
