@@ -22,7 +22,6 @@ __all__ = ["Config", "ConfigError", "suggest"]
 
 LOSSES = ("huber", "mse")
 LEARNERS = ("dqn", "c51", "qr", "iqn")
-QUANTILE_LEARNERS = ("qr", "iqn")  # trained with the quantile Huber loss
 CONV_IMPLS = ("auto", "patches", "xla")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EXPLORATIONS = ("linear", "apex")
@@ -302,6 +301,12 @@ class Config:
     sweep_random: int = 0
 
     # ---- derived sizes -------------------------------------------------
+    @property
+    def quantile_loss(self) -> bool:
+        """The learner trains with the quantile Huber loss (QR-DQN, IQN): its hot
+        programs take ``xla.program_options(quantile_loss=True)``."""
+        return self.learner in ("qr", "iqn")
+
     @property
     def steps_per_iteration(self) -> int:
         """Env steps per seed in one iteration."""

@@ -180,6 +180,8 @@ def make(name: str, *, normalize_obs: bool = False, **param_overrides) -> Env:
     if param_overrides:
         params = params.replace(**param_overrides)
     obs_space = env.observation_space(params)
+    if normalize_obs and (isinstance(obs_space, spaces.Discrete) or name.endswith("-MinAtar")):
+        raise ConfigError(f"--normalize_obs: {name} has no bounded vector observations to scale")
     if isinstance(obs_space, spaces.Discrete):
         n_obs = int(obs_space.n)
 
@@ -199,8 +201,6 @@ def make(name: str, *, normalize_obs: bool = False, **param_overrides) -> Env:
         def convert(obs):
             return obs
 
-    if normalize_obs and (isinstance(obs_space, spaces.Discrete) or name.endswith("-MinAtar")):
-        raise ConfigError(f"--normalize_obs: {name} has no bounded vector observations to scale")
     obs0, _ = jax.eval_shape(lambda k: env.reset(k, params), jax.random.key(0))
     obs0 = jax.eval_shape(convert, obs0)
     spec = EnvSpec(

@@ -55,7 +55,6 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from dqnx import builder, compiled, xla  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
-from dqnx.config import QUANTILE_LEARNERS  # noqa: E402
 
 flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
 flags.DEFINE_integer("chunks", 3, "Timed chunks per program (after one warm-up chunk).")
@@ -316,7 +315,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     stages = {"full": (programs.chunk, lambda s: s, lambda s: (), None)}
     compile_s = {}
     # The learner part compiles as the chunk does (xla.program_options: QR/IQN on CPU).
-    learner_options = xla.program_options(quantile_loss=config.learner in QUANTILE_LEARNERS)
+    learner_options = xla.program_options(quantile_loss=config.quantile_loss)
     for name, (carry, extra, field) in getters.items():
         options = learner_options if name == "learner" else None
         program, compile_s[name] = compile_part(

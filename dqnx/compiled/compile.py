@@ -14,7 +14,6 @@ from jax.sharding import PartitionSpec as P
 from dqnx import parallel, xla
 from dqnx.compiled.state import ChunkMetrics, TrainState, metric_specs, state_specs
 from dqnx.compiled.train_fns import TrainFns
-from dqnx.config import QUANTILE_LEARNERS
 
 
 class Compiled(NamedTuple):
@@ -90,7 +89,7 @@ def compile_train(fns: TrainFns, *, training: bool = True) -> Compiled:
             state_info = init_jit.eval_shape(keys)
             if training:
                 chunk_jit = spmd_jit(fns.run_chunk, (specs, replicated), (specs, metric_specs()))
-                quantile = fns.config.learner in QUANTILE_LEARNERS
+                quantile = fns.config.quantile_loss
                 lower("chunk", chunk_jit, state_info, chunk_n, hot=True, quantile_loss=quantile)
             lower("init", init_jit, keys, hot=False, trivial=True)
             if training:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnx import builder, host_envs, parallel, xla
-from dqnx.config import QUANTILE_LEARNERS, Config
+from dqnx.config import Config
 from dqnx.frame_replay import FrameStep
 from dqnx.host_actors.actor import ActorThread, ParameterServer
 from dqnx.host_actors.evaluation import evaluate_greedy
@@ -163,7 +163,7 @@ class HostActorProgram:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), items
         )
         lowered = self.programs.ingest.lower(self.state, items, np.float32(0))
-        options = xla.program_options(quantile_loss=self.config.learner in QUANTILE_LEARNERS)
+        options = xla.program_options(quantile_loss=self.config.quantile_loss)
         self._ingest = lowered.compile(compiler_options=options) if options else lowered.compile()
         self._add = self.programs.add.lower(self.state, items).compile()
 
