@@ -128,9 +128,14 @@ def program_options(
     return options
 
 
+def compile(lowered, options: dict | None = None):
+    """``lowered.compile`` with ``options`` (as from ``program_options``; none: XLA's defaults)."""
+    return lowered.compile(compiler_options=options) if options else lowered.compile()
+
+
 def _timed_compile(lowered, options: dict):
     t0 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    compiled = compile(lowered, options)
     return compiled, time.perf_counter() - t0
 
 

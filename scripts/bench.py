@@ -220,7 +220,7 @@ def compile_part(fn, mesh, carry, extra, options=None):
     wrapped = parallel.spmd(fn, mesh, in_specs, out_specs)
     t0 = time.perf_counter()
     lowered = jax.jit(wrapped, donate_argnums=(0,)).lower(carry, *extra)
-    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    compiled = xla.compile(lowered, options)
     return compiled, time.perf_counter() - t0
 
 

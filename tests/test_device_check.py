@@ -1,7 +1,7 @@
 """``scripts/device_check.sh --smoke`` runs on CPU and writes its three files.
 
 The whole smoke check takes minutes on a 2-core CPU (ten processes, each
-compiling); here it runs under a 45 s budget, so the steps that no longer fit
+compiling); here it runs under a 30 s budget, so the steps that no longer fit
 are skipped or cut off, as they would be on a slow accelerator machine, and
 the report must still list every step. Skip it with ``-k "not device_check"``
 or ``DQNX_SKIP_DEVICE_CHECK=1``.
@@ -28,7 +28,7 @@ def test_device_check_smoke(tmp_path):
     env = {
         **os.environ,
         "PYTHON": sys.executable,
-        "DQNX_CHECK_BUDGET_S": "45",
+        "DQNX_CHECK_BUDGET_S": "30",
         "JAX_PLATFORMS": "cpu",
     }
     env.pop("OUT", None)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqnx import envs
+from dqnx import envs, xla
 from dqnx.config import ConfigError
 
 DISCRETE = envs.discrete_env_names()
@@ -49,7 +49,9 @@ def test_every_discrete_env_steps(name):
 
         return obs, jax.lax.scan(body, state, jax.random.split(key, 20))[1]
 
-    obs, steps = run(jax.random.key(0))
+    # Compiled as dqnx compiles the programs whose speed hardly matters.
+    key = jax.random.key(0)
+    obs, steps = run.lower(key).compile(xla.program_options(hot=False, run_once=True))(key)
     assert obs.shape == (n, *env.spec.obs_shape) and obs.dtype == env.spec.obs_dtype
     assert steps.next_obs.shape == (20, n, *env.spec.obs_shape)
     assert steps.reward.dtype == jnp.float32

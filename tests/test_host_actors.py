@@ -17,7 +17,7 @@ import pytest
 from tiny_configs import CARTPOLE
 
 import dqnx
-from dqnx import builder, host_envs
+from dqnx import builder, checkpoint, host_envs
 from dqnx.host_actors import ActorThread, ParameterServer
 from dqnx.networks import MLP
 
@@ -124,6 +124,26 @@ HOST_FLAGS = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    """This module's run.py subprocesses compile the same host programs: they share
+    one persistent compilation cache (the test process's JAX, imported already,
+    does not read these variables)."""
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    saved = {name: os.environ.get(name) for name in cache}
+    os.environ.update(cache)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def cli(*args, env=None, **kwargs):
     return subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "run.py"), *HOST_FLAGS, *args],
@@ -154,13 +174,20 @@ def test_host_mode_resumes_after_kill(tmp_path):
          "--total_steps=40000", f"--workdir={tmp_path}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    # A checkpoint is complete once its manifest is written (after orbax's rename):
+    # one killed between the two is damaged and the resume falls back past it.
+    first = tmp_path / "checkpoints" / "1000" / checkpoint.MANIFEST
     deadline = time.time() + 240
-    while not (tmp_path / "checkpoints" / "1000").is_dir() and time.time() < deadline:
+    while not first.is_file() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (tmp_path / "checkpoints" / "1000").is_dir()
-    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert first.is_file()
+    steps = sorted(
+        int(p.name)
+        for p in (tmp_path / "checkpoints").iterdir()
+        if p.name.isdigit() and (p / checkpoint.MANIFEST).is_file()
+    )
     r = cli("--total_steps=2000", f"--workdir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -163,8 +163,9 @@ class HostActorProgram:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), items
         )
         lowered = self.programs.ingest.lower(self.state, items, np.float32(0))
-        options = xla.program_options(quantile_loss=self.config.quantile_loss)
-        self._ingest = lowered.compile(compiler_options=options) if options else lowered.compile()
+        self._ingest = xla.compile(
+            lowered, xla.program_options(quantile_loss=self.config.quantile_loss)
+        )
         self._add = self.programs.add.lower(self.state, items).compile()
 
     # ---- actors ---------------------------------------------------------------
