@@ -51,7 +51,7 @@ def test_every_discrete_env_steps(name):
 
     # Compiled as dqnx compiles the programs whose speed hardly matters.
     key = jax.random.key(0)
-    obs, steps = run.lower(key).compile(xla.program_options(hot=False, run_once=True))(key)
+    obs, steps = xla.compile(run.lower(key), xla.program_options(hot=False, run_once=True))(key)
     assert obs.shape == (n, *env.spec.obs_shape) and obs.dtype == env.spec.obs_dtype
     assert steps.next_obs.shape == (20, n, *env.spec.obs_shape)
     assert steps.reward.dtype == jnp.float32

@@ -354,10 +354,10 @@ def test_seed_groups_match_all_seeds_at_once():
         fns = compiled.make_train(config)
         assert fns.seed_group == group
         # init and prefill as compile_train compiles them (faster to compile on CPU).
-        init = jax.jit(fns.init).lower().compile(xla.program_options(hot=False, trivial=True))
+        init = xla.compile(jax.jit(fns.init).lower(), xla.program_options(hot=False, trivial=True))
         state = init()
         prefill = jax.jit(fns.prefill).lower(state)
-        state, _ = prefill.compile(xla.program_options(hot=False, run_once=True))(state)
+        state, _ = xla.compile(prefill, xla.program_options(hot=False, run_once=True))(state)
         types_in = [str(jax.typeof(x)) for x in jax.tree.leaves(state)]
         state, metrics = jax.jit(fns.chunk)(state)
         # Its outputs have its inputs' types (the initial state has no weak
