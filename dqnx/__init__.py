@@ -5,27 +5,33 @@ Building blocks (pure functions, plain arguments): ``envs``, ``networks``,
 ``learner``, ``actor``. ``builder`` turns a ``Config`` into blocks;
 ``compiled`` composes them into the compiled mode's program; ``shell.run``
 drives a program from the host.
+
+``Config`` and ``ConfigError`` are plain Python; everything else (JAX, Flax)
+loads on first use, so the command line answers a bad flag in a fraction of a
+second instead of after importing JAX.
 """
 
-from dqnx import actor, builder, envs, exploration, learner, losses, networks, replay
-from dqnx.compiled import make_train
+import importlib
+
 from dqnx.config import Config
 from dqnx.errors import ConfigError
-from dqnx.shell import run
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "actor",
-    "builder",
-    "envs",
-    "exploration",
-    "learner",
-    "losses",
-    "make_train",
-    "networks",
-    "replay",
-    "run",
-]
+_MODULES = ("actor", "builder", "envs", "exploration", "learner", "losses", "networks", "replay")
+_ATTRIBUTES = {"make_train": ("dqnx.compiled", "make_train"), "run": ("dqnx.shell", "run")}
+
+__all__ = ["Config", "ConfigError", *_MODULES, "make_train", "run"]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"dqnx.{name}")
+    if name in _ATTRIBUTES:
+        module, attribute = _ATTRIBUTES[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'dqnx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -17,6 +17,7 @@ import dataclasses
 from typing import Literal
 
 from dqnx.errors import ConfigError, suggest
+from dqnx.names import NETWORKS
 
 __all__ = ["Config", "ConfigError", "suggest"]
 
@@ -25,7 +26,7 @@ LEARNERS = ("dqn", "c51", "qr", "iqn")
 CONV_IMPLS = ("auto", "patches", "xla")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EXPLORATIONS = ("linear", "apex")
-# Fields with a fixed set of values (Config.validate adds "network": networks.NETWORKS).
+# Fields with a fixed set of values (Config.validate adds "network": names.NETWORKS).
 _CHOICES = {
     "loss": LOSSES,
     "learner": LEARNERS,
@@ -396,7 +397,6 @@ class Config:
 
         The environment name, device counts and memory are checked by
         ``dqnx.builder.validate``, which calls this first."""
-        from dqnx.networks import NETWORKS
 
         def fail(msg: str):
             raise ConfigError(msg)

@@ -84,18 +84,27 @@ def _run_name(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
-    """Parses flags, validates, trains. Returns the process exit code."""
+def main(argv: list[str], all_cpu_cores: bool = False) -> int:
+    """Parses flags, validates, trains. Returns the process exit code.
+    ``all_cpu_cores``: one XLA CPU device per core (``parallel.use_all_cpu_cores``),
+    set once the flags are read, before JAX starts its backends."""
     define_flags()
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(f"usage: {os.path.basename(argv[0])} [--flagfile=FILE] [--FLAG=VALUE ...]")
+        print(flags.FLAGS.get_help())
+        return 0
     try:
         flags.FLAGS(argv)
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        config = config_from_flags()
+        # Each field's own checks first: plain Python, before JAX is imported.
+        config = config_from_flags().validate()
         from dqnx import parallel
 
+        if all_cpu_cores:
+            parallel.use_all_cpu_cores()
         # Joins the other processes before anything asks JAX for its devices.
         parallel.initialize_distributed(
             config.coordinator_address, config.num_processes, config.process_id
@@ -128,8 +137,5 @@ def main(argv: list[str]) -> int:
 
 
 def console_main() -> int:
-    """The ``dqnx-train`` command: one XLA CPU device per core, then ``main``."""
-    from dqnx import parallel
-
-    parallel.use_all_cpu_cores()
-    return main(sys.argv)
+    """The ``dqnx-train`` command: ``main`` with one XLA CPU device per core."""
+    return main(sys.argv, all_cpu_cores=True)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from dqnx import platforms
 from dqnx.heads import HEADS, PLAIN_HEAD, Head, QHead, output_head
 from dqnx.layers import Dense, PatchConv, compute_kwargs, dense_matmul, pixels_nhwc
+from dqnx.names import NETWORKS
 from dqnx.noisy import NOISE_RNG
 
 __all__ = [  # the layers and heads are re-exported: ``networks.Head`` etc. keep working
@@ -165,9 +166,6 @@ class ImpalaCNN(Torso):
             h = ImpalaResidualBlock(channels, self.dtype)(h)
         h = nn.relu(h).reshape(h.shape[0], -1)  # [B, 11 * 11 * 32]
         return self.dense_layers_and_head(h, taus, deterministic)
-
-
-NETWORKS = ("auto", "mlp", "minatar_cnn", "nature_cnn", "impala_cnn")
 
 
 def is_channel_first_image(obs_shape: tuple[int, ...]) -> bool:

@@ -30,8 +30,11 @@ only slower to compile.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -128,9 +131,72 @@ def program_options(
     return options
 
 
+_EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
+_EXECUTABLES_LOCK = threading.Lock()
+EXECUTABLE_CACHE_SIZE = 32
+
+
+def _executable_key(lowered, options: dict | None):
+    """What an executable depends on: the program's text, the compile options and
+    the devices of its inputs and outputs (in order). None, so never reused: a
+    program that calls back into Python (its text names callbacks by index, not by
+    identity), one with an input or output whose devices JAX chooses at compile
+    time (no sharding given), or one this JAX cannot describe."""
+    try:
+        args = lowered._lowering.compile_args
+        if args.get("host_callbacks"):
+            return None
+        placement = []
+        for i, sharding in enumerate((*args["in_shardings"], *args["out_shardings"])):
+            if not hasattr(sharding, "device_set"):  # unspecified: follows from the inputs,
+                if i < len(args["in_shardings"]):  # but an input's is chosen at compile time
+                    return None
+                placement.append(None)
+                continue
+            mesh = getattr(sharding, "mesh", None)
+            devices = getattr(mesh, "devices", None)
+            if devices is not None:
+                ids = tuple(d.id for d in devices.flat)
+            else:
+                ids = tuple(sorted(d.id for d in sharding.device_set))
+            placement.append((repr(sharding), ids))
+        if not any(placement):
+            return None
+        text = lowered.as_text()
+    except Exception:  # a JAX whose Lowered has other internals: no reuse
+        return None
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return digest, tuple(sorted((options or {}).items())), tuple(placement)
+
+
 def compile(lowered, options: dict | None = None):
-    """``lowered.compile`` with ``options`` (as from ``program_options``; none: XLA's defaults)."""
-    return lowered.compile(compiler_options=options) if options else lowered.compile()
+    """``lowered.compile`` with ``options`` (as from ``program_options``; none: XLA's
+    defaults). A program this process compiled before, the same text for the same
+    devices with the same options, is not compiled again: ``jax.jit`` reuses its
+    executables only for the same Python function, and dqnx builds its programs'
+    functions afresh per run, so without this a resumed run, a run repeated in a
+    notebook or a test, recompiled everything (~10 s for the smallest run on CPU).
+    The executable is the one XLA would make again (compiles are deterministic), so
+    numbers do not change. The last ``EXECUTABLE_CACHE_SIZE`` are kept."""
+    key = _executable_key(lowered, options)
+    if key is not None:
+        with _EXECUTABLES_LOCK:
+            if key in _EXECUTABLES:
+                _EXECUTABLES.move_to_end(key)
+                return _EXECUTABLES[key]
+    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    if key is not None:
+        with _EXECUTABLES_LOCK:
+            _EXECUTABLES[key] = compiled
+            while len(_EXECUTABLES) > EXECUTABLE_CACHE_SIZE:
+                _EXECUTABLES.popitem(last=False)
+    return compiled
+
+
+def clear_executables() -> None:
+    """Forgets the executables ``compile`` kept (the next compile of each is fresh)."""
+    with _EXECUTABLES_LOCK:
+        _EXECUTABLES.clear()
 
 
 def _timed_compile(lowered, options: dict):

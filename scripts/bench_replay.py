@@ -37,9 +37,9 @@ import numpy as np
 from dqnx import replay
 from dqnx.types import Transition
 
-SHAPES = {
-    "CartPole (obs float32[4])": ((4,), jnp.float32),
-    "MinAtar (obs bool[10,10,4])": ((10, 10, 4), jnp.bool_),
+SHAPES = {  # --observations: (label, shape, dtype)
+    "cartpole": ("CartPole (obs float32[4])", (4,), jnp.float32),
+    "minatar": ("MinAtar (obs bool[10,10,4])", (10, 10, 4), jnp.bool_),
 }
 
 
@@ -179,8 +179,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--add", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument(
+        "--observations", default="cartpole,minatar",
+        help="which observation kinds, comma-separated: cartpole (float32[4]), minatar "
+        "(bool[10,10,4])",
+    )  # fmt: skip
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.observations.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(SHAPES))
+    if unknown or not kinds:
+        parser.error(f"--observations: unknown {unknown or kinds}; one or more of {list(SHAPES)}")
 
     fbx, fbx_version, fbx_error = benchlib.import_flashbax()
     runtime = benchlib.runtime_info()
@@ -202,7 +211,8 @@ def main(argv=None) -> dict:
     )
     print(header)
     rows = []
-    for label, (obs_shape, dtype) in SHAPES.items():
+    for kind in kinds:
+        label, obs_shape, dtype = SHAPES[kind]
         obs_bytes = math.prod(obs_shape) * jnp.dtype(dtype).itemsize
         shape = (args.capacity, args.batch, args.add, obs_shape, dtype)
         buffers = {"dqnx": dqnx_buffer(*shape)}
@@ -225,6 +235,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "add": args.add,
         "repeats": args.repeats,
+        "observations": kinds,
         "flashbax": fbx_version,
         "flashbax_error": fbx_error,
         "results": rows,

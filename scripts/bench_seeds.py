@@ -24,7 +24,7 @@ import benchlib  # noqa: E402
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from dqnx import builder, compiled  # noqa: E402
+from dqnx import builder, compiled, xla  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
 
 flags.DEFINE_list("seeds", ["1", "8", "32"], "Seed counts to measure.")
@@ -34,6 +34,7 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 def measure(config, chunks):
     fns = compiled.make_train(config, layout=builder.choose_layout(config))
+    xla.clear_executables()  # compile seconds are measured: nothing compiled before is reused
     programs = compiled.compile_train(fns)
     compile_s = programs.compile_s  # as `run` reports it: until the training programs are ready
     state, _ = programs.prefill(programs.initial_state)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_cache import compilation_cache_env
 from tiny_configs import CARTPOLE
 
 from dqnx import checkpoint, shell
@@ -131,15 +132,8 @@ KILL_ARGS = [
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    cache = compilation_cache_env(tmp_path_factory.mktemp("jax_cache"))
+    return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **cache)
 
 
 KILL_TRIALS = int(os.environ.get("DQNX_KILL_TRIALS", "4"))  # 2 of each kind

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from jax_cache import compilation_cache_env
 from tiny_configs import CARTPOLE
 
 import dqnx
@@ -130,9 +131,8 @@ def _shared_compilation_cache(tmp_path_factory):
     one persistent compilation cache (the test process's JAX, imported already,
     does not read these variables)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        for name, value in compilation_cache_env(tmp_path_factory.mktemp("jax_cache")).items():
+            mp.setenv(name, value)
         yield
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jax_cache import compilation_cache_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # The command line (dqnx.flags.main) with each process's summary printed as JSON,
@@ -70,8 +71,7 @@ CACHE: dict = {}  # JAX's compilation cache, shared by this module's runs
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    CACHE["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    CACHE.update(compilation_cache_env(tmp_path_factory.mktemp("jax_cache")))
     yield
     CACHE.clear()
 

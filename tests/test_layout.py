@@ -109,6 +109,6 @@ def test_no_import_cycles():
 
 def test_the_graph_reader_sees_lazy_imports():
     """The checks above read imports inside functions too (a lazy import is still a
-    dependency): config's lazy import of networks is an edge."""
-    assert "dqnx.networks" in graph()["dqnx.config"]
+    dependency): builder's lazy import of sweep is an edge."""
+    assert "dqnx.sweep" in graph()["dqnx.builder"]
     assert "dqnx.errors" in graph()["dqnx.envs"]

@@ -200,6 +200,34 @@ def test_cli_bad_input(tmp_path, args, message):
     assert not (tmp_path / "w").exists()
 
 
+# python -X importtime lists every module a run imports on stderr.
+_IMPORTS = re.compile(r"^import time:.*\|\s+(\S+)$", re.M)
+
+
+@pytest.mark.parametrize(
+    "args", [["--gamma=1.5"], ["--no_such_flag=1"], ["--batch_size=512", "--buffer_size=100"]]
+)
+def test_bad_flags_are_answered_before_jax_loads(tmp_path, args):
+    """A mistake in a flag's own value costs a fraction of a second, not JAX's import."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "experiments" / "run.py"), *args],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    imported = set(_IMPORTS.findall(r.stderr))
+    assert "dqnx.flags" in imported and "dqnx.config" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("jax", "flax", "gymnax")}
+
+
+def test_help_lists_the_flags(tmp_path):
+    r = _cli("--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: run.py")
+    for flag in ("--gamma", "--learner", "--num_seeds", "--flagfile"):
+        assert flag in r.stdout
+
+
 @pytest.mark.parametrize("marker", ["library-example", "blocks-example"])
 def test_readme_library_examples(marker):
     text = (ROOT / "README.md").read_text()

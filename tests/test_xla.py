@@ -83,3 +83,47 @@ def test_background_compile_is_waited_for_and_raises_its_error():
     failing = xla.compile_in_background(jax.jit(broken), x)
     with pytest.raises(ValueError, match="traced and failed"):
         failing(x)
+
+
+def test_a_program_compiled_before_is_reused_for_the_same_devices_and_options():
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    def lowered(device, scale=2.0):
+        sharding = NamedSharding(Mesh(np.array([device]), ("x",)), P())
+        x = jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sharding)
+        return jax.jit(lambda v: v * scale, out_shardings=sharding).lower(x)  # a new function
+
+    d0, d1 = jax.devices()[:2]  # conftest: two CPU devices
+    xla.clear_executables()
+    a = xla.compile(lowered(d0))
+    assert xla.compile(lowered(d0)) is a  # same text, devices, options: not compiled again
+    assert xla.compile(lowered(d1)) is not a  # other device
+    assert xla.compile(lowered(d0, scale=3.0)) is not a  # other program
+    options = dict(xla._supported_level(1))
+    assert not options or xla.compile(lowered(d0), options) is not a  # other options
+    x = jax.device_put(jnp.arange(4.0), d0)
+    np.testing.assert_array_equal(xla.compile(lowered(d0))(x), 2 * np.arange(4.0))
+    xla.clear_executables()
+    assert xla.compile(lowered(d0)) is not a
+
+
+def test_a_program_that_calls_back_into_python_is_never_reused():
+    from jax.sharding import SingleDeviceSharding
+
+    seen = []
+    sharding = SingleDeviceSharding(jax.devices()[0])
+    x = jax.device_put(jnp.arange(3.0), sharding)
+
+    def program(tag):
+        def f(v):
+            jax.debug.callback(lambda v: seen.append((tag, float(v.sum()))), v)
+            return v + 1
+
+        # the same text for both tags; shardings given, so only the callback stops reuse
+        return jax.jit(f, in_shardings=sharding, out_shardings=sharding).lower(x)
+
+    jax.block_until_ready(xla.compile(program("a"))(x))
+    jax.block_until_ready(xla.compile(program("b"))(x))
+    jax.effects_barrier()
+    assert [t for t, _ in seen] == ["a", "b"]
