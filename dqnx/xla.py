@@ -26,6 +26,10 @@ TPU); ``DQNX_XLA_CPU_TUNING=0`` turns them off (for A/B timings). An option an X
 version no longer knows is dropped after one trial compile, and a JAX without
 the private threefry hook runs with its own lowering: newer JAX keeps working,
 only slower to compile.
+
+On every platform, ``compile`` keeps the executables it built in this process
+(by program text, options and devices), so a program built afresh for a resumed
+or repeated run is not compiled again.
 """
 
 from __future__ import annotations

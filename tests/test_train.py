@@ -33,6 +33,22 @@ def tiny_fns():
     return compiled.make_train(TINY.validate())
 
 
+def start_program(fns):
+    """A function that returns ``fns``' initial state after prefill (and prefill's
+    metrics); init and prefill compiled once, as ``compile_train`` compiles them
+    (faster to compile on CPU)."""
+    init = xla.compile(jax.jit(fns.init).lower(), xla.program_options(hot=False, trivial=True))
+    prefill_jit = jax.jit(fns.prefill)
+    prefill = xla.compile(
+        prefill_jit.lower(jax.eval_shape(fns.init)), xla.program_options(hot=False, run_once=True)
+    )
+    return lambda: prefill(init())
+
+
+def prefilled(fns):
+    return start_program(fns)()
+
+
 def test_seeds_are_independent(tiny_fns):
     state = jax.jit(tiny_fns.init)()
     w = np.asarray(state.learner.params["params"]["Dense_0"]["kernel"])
@@ -48,10 +64,8 @@ def test_seeds_are_independent(tiny_fns):
 
 
 def test_chunk_does_not_recompile(tiny_fns):
-    state = jax.jit(tiny_fns.init)()
-    prefill = jax.jit(tiny_fns.prefill, donate_argnums=0)
+    state, _ = prefilled(tiny_fns)
     chunk = jax.jit(tiny_fns.chunk, donate_argnums=0)
-    state, _ = prefill(state)
     steps = []
     for _ in range(3):
         state, metrics = chunk(state)
@@ -66,7 +80,7 @@ def test_chunk_does_not_recompile(tiny_fns):
 def test_one_chunk_program_runs_any_length(tiny_fns):
     """The trip count is a traced scalar: 3 then 2 iterations equal 5, one compile."""
     run = jax.jit(tiny_fns.run_chunk)
-    start, _ = jax.jit(tiny_fns.prefill)(jax.jit(tiny_fns.init)())
+    start, _ = prefilled(tiny_fns)
     a, m3 = run(start, jnp.int32(3))
     a, m2 = run(a, jnp.int32(2))
     b, m5 = run(start, jnp.int32(5))
@@ -97,7 +111,7 @@ def test_chunk_reports_the_env_step_of_the_first_nonfinite_loss():
     fns = compiled.make_train(
         config, network=network, learner=learner_lib.Learner(base.init, update)
     )
-    state, _ = jax.jit(fns.prefill)(jax.jit(fns.init)())
+    state, _ = prefilled(fns)
     _, metrics = jax.jit(fns.run_chunk)(state, jnp.int32(10))
     np.testing.assert_array_equal(np.asarray(metrics.first_nonfinite), [216, 216])
 
@@ -252,8 +266,7 @@ def test_apex_rainbow_options_compose():
         updates_per_iteration=2,
     ).validate()
     fns = compiled.make_train(config)
-    state = jax.jit(fns.init)()
-    state, _ = jax.jit(fns.prefill)(state)
+    state, _ = prefilled(fns)
     assert int(state.env_steps) == config.prefill_steps == 200  # 8 warm-up + 48 x 4
     assert int(state.replay.size) == 192  # warm-up steps make no transition
     state, metrics = jax.jit(fns.chunk)(state)
@@ -340,7 +353,8 @@ def test_rainbow_full_composes_and_noisy_runs_are_deterministic():
         exploration="apex", actor_sync_period=3, updates_per_iteration=2,
     ).validate()  # fmt: skip
     fns = compiled.make_train(config)
-    start = jax.jit(lambda: fns.prefill(fns.init())[0])
+    start_and_prefill = start_program(fns)
+    start = lambda: start_and_prefill()[0]
     chunk = jax.jit(fns.run_chunk)
 
     def run():
@@ -381,11 +395,7 @@ def test_seed_groups_match_all_seeds_at_once():
         config = base.replace(seed_group_size=group).validate()
         fns = compiled.make_train(config)
         assert fns.seed_group == group
-        # init and prefill as compile_train compiles them (faster to compile on CPU).
-        init = xla.compile(jax.jit(fns.init).lower(), xla.program_options(hot=False, trivial=True))
-        state = init()
-        prefill = jax.jit(fns.prefill).lower(state)
-        state, _ = xla.compile(prefill, xla.program_options(hot=False, run_once=True))(state)
+        state, _ = prefilled(fns)
         types_in = [str(jax.typeof(x)) for x in jax.tree.leaves(state)]
         state, metrics = jax.jit(fns.chunk)(state)
         # Its outputs have its inputs' types (the initial state has no weak
