@@ -12,8 +12,8 @@
 # kept in the repository: a record there counts as done, so the table fills in over
 # several sessions or machines. Then, per game, scripts/plot.py draws the recorded
 # learners' greedy-evaluation curves (OUT_DIR/minatar_GAME.png) and writes their final
-# mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md); a learner not yet
-# run is left out of that game's plot and table.
+# mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md): every learner
+# recorded for the game, whichever LEARNERS ran; one not yet run is left out.
 #
 # Learners (the game's flagfile otherwise):
 #   dqn   GAME_minatar.flags (Double DQN)
@@ -31,7 +31,8 @@ OUT=${2:-experiments/results}
 SEEDS=${SEEDS:-3}
 STEPS=${STEPS:-2000000}
 GAMES=${GAMES:-"asterix breakout freeway seaquest space_invaders"}
-LEARNERS=${LEARNERS:-"dqn mdqn qr rainbow_full"}
+ALL_LEARNERS="dqn mdqn qr rainbow_full"
+LEARNERS=${LEARNERS:-$ALL_LEARNERS}
 cd "$(dirname "$0")/.."
 mkdir -p "$RUNS" "$OUT"
 
@@ -63,7 +64,6 @@ for game in $GAMES; do
       echo "recorded: $record"
     elif [ "${PLOT_ONLY:-0}" = 1 ]; then
       echo "not run yet: $game $learner"
-      continue
     else
       if ! finished "$dir"; then
         echo "run: $dir"
@@ -74,8 +74,13 @@ for game in $GAMES; do
       cp "$dir/summary.json" "$dir/config.json" "$dir/metrics.jsonl" "$record/"
       echo "recorded: $record"
     fi
-    dirs+=("$record")
-    labels+=("$learner")
+  done
+  # Every recorded learner of the game goes into its plot and table, not only LEARNERS.
+  for learner in $ALL_LEARNERS; do
+    if finished "$OUT/minatar/$game-$learner"; then
+      dirs+=("$OUT/minatar/$game-$learner")
+      labels+=("$learner")
+    fi
   done
   if [ ${#dirs[@]} -gt 0 ]; then
     label_list=$(IFS=,; echo "${labels[*]}")
