@@ -47,6 +47,23 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+# All games in one file: the per-game tables under a heading each. Written after every
+# game, so it follows the per-game tables while a long invocation is still running.
+write_summary() {
+  {
+    echo "# MinAtar: final greedy return, $SEEDS seeds x $STEPS env steps (scripts/minatar_table.sh)"
+    for g in asterix breakout freeway seaquest space_invaders; do
+      if [ -f "$OUT/minatar_$g.md" ]; then
+        echo
+        echo "## $g"
+        echo
+        grep '^|' "$OUT/minatar_$g.md"
+      fi
+    done
+  } > "$OUT/minatar.md"
+  echo "wrote $OUT/minatar.md"
+}
+
 for game in $GAMES; do
   dirs=()
   labels=()
@@ -87,18 +104,5 @@ for game in $GAMES; do
     python scripts/plot.py "${dirs[@]}" --labels "$label_list" --title "$game (MinAtar)" \
       --out "$OUT/minatar_$game.png" --table "$OUT/minatar_$game.md"
   fi
+  write_summary
 done
-
-# All games in one file: the per-game tables under a heading each.
-{
-  echo "# MinAtar: final greedy return, $SEEDS seeds x $STEPS env steps (scripts/minatar_table.sh)"
-  for game in asterix breakout freeway seaquest space_invaders; do
-    if [ -f "$OUT/minatar_$game.md" ]; then
-      echo
-      echo "## $game"
-      echo
-      grep '^|' "$OUT/minatar_$game.md"
-    fi
-  done
-} > "$OUT/minatar.md"
-echo "wrote $OUT/minatar.md"
