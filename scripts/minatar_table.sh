@@ -30,7 +30,8 @@ RUNS=${1:-runs/minatar}
 OUT=${2:-experiments/results}
 SEEDS=${SEEDS:-3}
 STEPS=${STEPS:-2000000}
-GAMES=${GAMES:-"asterix breakout freeway seaquest space_invaders"}
+ALL_GAMES="asterix breakout freeway seaquest space_invaders"
+GAMES=${GAMES:-$ALL_GAMES}
 ALL_LEARNERS="dqn mdqn qr rainbow_full"
 LEARNERS=${LEARNERS:-$ALL_LEARNERS}
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ EOF
 write_summary() {
   {
     echo "# MinAtar: final greedy return, $SEEDS seeds x $STEPS env steps (scripts/minatar_table.sh)"
-    for g in asterix breakout freeway seaquest space_invaders; do
+    for g in $ALL_GAMES; do
       if [ -f "$OUT/minatar_$g.md" ]; then
         echo
         echo "## $g"
