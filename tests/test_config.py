@@ -114,3 +114,23 @@ def test_result_neutral_fields_are_marked_on_the_fields():
     config = dqnx.Config()
     saved = config.replace(gamma=0.5, eval_every=7).to_dict()
     assert config.drift(saved) == ["gamma"]
+
+
+@pytest.mark.parametrize("suffix", ["_minatar", "_minatar_rainbow_full"])
+def test_minatar_flagfiles_differ_only_in_the_game(suffix):
+    # The five games' flagfiles are twins by design (the MinAtar table compares learners,
+    # not per-game tuning): a setting changed in one and not the others would show up here.
+    # (They are not one shared file plus per-game overrides because absl resolves a nested
+    # --flagfile= against the working directory, not against the file that names it.)
+    games = ["asterix", "breakout", "freeway", "seaquest", "space_invaders"]
+    configs = {g: parse(f"--flagfile={CONFIGS[0].parent / f'{g}{suffix}.flags'}") for g in games}
+    assert {c.env_name for c in configs.values()} == {
+        "Asterix-MinAtar",
+        "Breakout-MinAtar",
+        "Freeway-MinAtar",
+        "Seaquest-MinAtar",
+        "SpaceInvaders-MinAtar",
+    }
+    base = configs["breakout"].replace(env_name="")
+    for game, c in configs.items():
+        assert c.replace(env_name="") == base, game
