@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+from jax_cache import compilation_cache_env
+
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
@@ -17,9 +19,7 @@ if "xla_force_host_platform_device_count" not in flags:
 _OWNED = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWNED = tempfile.mkdtemp(prefix="dqnx-tests-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWNED
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ.update(compilation_cache_env(_OWNED))
 
 
 def pytest_sessionfinish(session):

@@ -1,4 +1,5 @@
-"""One persistent compilation cache for the JAX subprocesses a test module starts."""
+"""A persistent compilation cache for JAX processes: the test session's (conftest.py)
+or one of a test module's own for the subprocesses it starts."""
 
 
 def compilation_cache_env(directory) -> dict[str, str]:
