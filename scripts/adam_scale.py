@@ -27,10 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dqnx import parallel
-
-parallel.use_all_cpu_cores()
-
 QUANTILES = (0.1, 0.5, 0.9)
 ADAM_B2 = 0.999  # optax.adam's default, which dqnx.learner uses
 
@@ -110,6 +106,9 @@ def main(argv=None) -> int:
         help="comma-separated epsilons to compare (with the run's)",
     )
     args = parser.parse_args(argv)
+    from dqnx import parallel
+
+    parallel.use_all_cpu_cores()  # before JAX starts its backends, as experiments/run.py
     try:
         extra = [float(x) for x in args.eps.split(",") if x.strip()]
     except ValueError:
