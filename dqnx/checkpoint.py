@@ -217,9 +217,12 @@ class Checkpointer:
         found = [p for p in self.directory.iterdir() if _MOVED_ASIDE.match(p.name) and p.is_dir()]
         return sorted(found, key=lambda p: (int(_MOVED_ASIDE.match(p.name)[1]), p.name))
 
-    def save(self, step: int, state, meta: dict[str, Any]) -> None:
-        """Writes ``state`` as checkpoint ``step``, then its manifest; returns once
-        both are complete on disk."""
+    def save(
+        self, step: int, state, meta: dict[str, Any], files: dict[str, bytes] | None = None
+    ) -> None:
+        """Writes ``state`` as checkpoint ``step``, then this process's ``files``
+        (name -> bytes, beside the state: e.g. host actors' environments), then
+        the manifest over all of them; returns once all are complete on disk."""
         ocp = self._ocp
         meta = dict(
             meta, format=FORMAT, step=int(step), leaves=leaf_signature(state), manifest=MANIFEST
@@ -232,8 +235,22 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        for name, data in (files or {}).items():
+            fs.replace_bytes(self.path(step) / name, data)
+        if jax.process_count() > 1:  # every process's files are in before the manifest
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"dqnx_checkpoint_files_{step}")
         if jax.process_index() == 0:
             write_manifest(self.path(step))
+
+    def read_file(self, step: int, name: str) -> bytes | None:
+        """The bytes of file ``name`` that ``save`` wrote beside checkpoint
+        ``step`` (checked by ``read_meta`` against the manifest), or None."""
+        try:
+            return (self.path(step) / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The JSON metadata of checkpoint ``step``, once its files check out

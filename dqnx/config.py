@@ -33,6 +33,7 @@ _CHOICES = {
     "conv_impl": CONV_IMPLS,
     "compute_dtype": COMPUTE_DTYPES,
     "exploration": EXPLORATIONS,
+    "actor_schedule": ("fixed", "async"),
 }
 
 
@@ -52,7 +53,7 @@ _POSITIVE_INTS = (
 _NON_NEGATIVE_INTS = (
     "learning_starts", "epsilon_decay_steps", "eval_every", "checkpoint_every", "seed",
     "num_devices", "seed_group_size", "process_id", "actor_devices", "learner_devices",
-    "sweep_random",
+    "sweep_random", "actor_lag",
 )  # fmt: skip
 
 
@@ -174,8 +175,14 @@ class Config:
       apex_epsilon: base epsilon of Ape-X exploration.
       apex_alpha: exponent spread of Ape-X exploration.
       actor_sync_period: learner updates between refreshes of the actors'
-        parameter copy (1 = actors always use the current parameters; host
-        actors pick up the newest published copy without waiting).
+        parameter copy (1 = a new copy after every update).
+      actor_schedule: host actors: "fixed" (iteration i acts with the parameters
+        published after iteration i - 1 - actor_lag, waiting for them; batches
+        are ingested in actor order: the same run whatever the load) or "async"
+        (the newest published parameters, batches as they arrive).
+      actor_lag: host actors, fixed schedule: iterations the acting parameters
+        trail the learner by, beyond the one it is training on (0: actors wait
+        for each iteration's parameters, no overlap).
       actor_threads: host actors: threads per actor device, each stepping its
         own num_envs / (actor_threads x actor devices x processes) environments.
       actor_devices: host actors: local devices that run the actors' policy
@@ -275,6 +282,8 @@ class Config:
     apex_epsilon: float = 0.4
     apex_alpha: float = 7.0
     actor_sync_period: int = 1
+    actor_schedule: str = "fixed"
+    actor_lag: int = 1
     actor_threads: int = 2
     actor_devices: int = neutral(0)
     learner_devices: int = neutral(0)

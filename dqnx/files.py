@@ -47,20 +47,25 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def replace_text(path: str | os.PathLike, text: str) -> None:
-    """Replaces the file at ``path`` with ``text`` so that readers see the old or
+def replace_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replaces the file at ``path`` with ``data`` so that readers see the old or
     the new file, never a part: locally a temporary file (fsynced) renamed over it;
     remotely one object write, atomic by itself."""
     path = as_path(path)
     if is_remote(path):
-        path.write_bytes(text.encode())
+        path.write_bytes(data)
         return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """``replace_bytes`` of ``text`` (UTF-8)."""
+    replace_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

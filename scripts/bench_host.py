@@ -7,15 +7,19 @@ For the config (``--env_name`` a host environment), on this machine's device
 split (actor device(s) and learner device(s) as the run would use them):
 
 * **actors alone, random**: the actor threads act uniformly at random; this
-  thread only drains the queue. Env steps/s = transitions drained per second.
+  thread only drains the queues. Env steps/s = transitions drained per second.
 * **actors alone, greedy**: the same with published parameters (epsilon-greedy
   at the config's final epsilon: the Q-network runs every step).
+* **bare loop**: what the actors do with nothing around it, as a reference: the
+  same threads, environments and jitted Q-network, epsilon-greedy in numpy, each
+  rollout's transitions stacked onto a bounded queue (n-step 1, no schedule).
 * **learner alone**: the jitted ingest (add a batch + ``updates_per_iteration``
   updates) on pre-made device batches, no actors running. Env steps/s = the
   transitions per second it consumes at the config's replay ratio.
 * **pipeline**: prefill, then ``HostActorProgram.run_chunk`` as training runs
   it; env steps/s, the time the learner waited on the queue, queue occupancy
-  and parameter staleness.
+  and parameter staleness; with the fixed schedule (the default: reproducible)
+  and the free-running one (``--actor_schedule=async``).
 * **synchronous loop**: one thread steps all ``num_envs`` environments, acts
   greedily, adds the transitions and makes the updates they pay for, in turn
   (as CleanRL's ``dqn_jax.py`` does), n-step 1.
@@ -26,7 +30,8 @@ per transition measured from the device buffers (every array of the replay
 state, over its capacity in transitions), with what ``--buffer_size=1000000``
 would take; the synchronous loop (plain ``Transition`` items) is skipped.
 
-It prints the pipeline's share of min(actors greedy, learner) (the rate if
+It prints the actors' share of the bare loop, the fixed schedule's share of the
+free-running one, the pipeline's share of min(actors greedy, learner) (the rate if
 acting and learning overlapped perfectly) and of the synchronous loop, and the
 bound (a + l) / max(a, l) on the speed-up of overlapping over taking turns, from
 the parts' seconds per env step a and l.
@@ -34,7 +39,9 @@ the parts' seconds per env step a and l.
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 
 from dqnx import parallel
@@ -71,7 +78,8 @@ def drain(program: HostActorProgram, seconds: float) -> float:
 
 
 def actors_alone(config, seconds: float) -> dict:
-    program = HostActorProgram(config)
+    # Free-running: nothing publishes new versions while only the queues are drained.
+    program = HostActorProgram(config.replace(actor_schedule="async"))
     try:
         program._start_actors()
         random_sps = drain(program, seconds)
@@ -82,8 +90,64 @@ def actors_alone(config, seconds: float) -> dict:
     return {"actors_random_sps": random_sps, "actors_greedy_sps": greedy_sps}
 
 
-def learner_alone(config, seconds: float) -> dict:
+def bare_loop(config, seconds: float) -> dict:
+    """The actors' work and nothing else: per thread, its environments, the jitted
+    greedy policy, epsilon-greedy in numpy, transitions stacked per rollout onto a
+    bounded queue that this thread drains."""
     program = HostActorProgram(config)
+    network, device = program.network, program.actor_devices[0]
+    greedy = jax.jit(lambda p, o: jnp.argmax(network.apply(p, o), axis=-1))
+    params = jax.device_put(jax.tree.map(jnp.copy, program.state.learner.params), device)
+    threads = config.actor_threads * len(program.actor_devices) * program.processes
+    out: queue.Queue = queue.Queue(maxsize=config.queue_size)
+    stop = threading.Event()
+
+    def loop(index):
+        env = program._make_env(program.envs_per_thread, config.seed + index)
+        rng, n = np.random.default_rng(index), env.num_envs
+        obs = env.reset()
+        try:
+            while not stop.is_set():
+                steps = []
+                for _ in range(config.rollout_steps):
+                    actions = rng.integers(0, env.spec.num_actions, n, dtype=np.int32)
+                    act = np.asarray(greedy(params, obs), np.int32)
+                    actions = np.where(rng.random(n) < config.epsilon_end, actions, act)
+                    step = env.step(actions)
+                    steps.append(Transition(obs, actions, step.reward, step.next_obs,
+                                            step.terminated))  # fmt: skip
+                    obs = step.obs
+                batch = jax.tree.map(lambda *x: np.concatenate(x), *steps)
+                while not stop.is_set():
+                    try:
+                        out.put(batch, timeout=0.05)
+                        break
+                    except queue.Full:
+                        pass
+        finally:
+            env.close()
+
+    workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.perf_counter() + 1.0  # warm-up
+        while time.perf_counter() < deadline:
+            out.get()
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            count += len(out.get().action)
+        sps = count / (time.perf_counter() - t0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=5)
+        program.close()
+    return {"bare_loop_sps": sps}
+
+
+def learner_alone(config, seconds: float) -> dict:
+    program = HostActorProgram(config.replace(actor_schedule="async"))
     try:
         program._start_actors()
         stats = {k: 0 for k in ("queue_sum", "queue_reads", "wait_s", "episodes", "return_sum")}
@@ -115,7 +179,7 @@ def learner_alone(config, seconds: float) -> dict:
     }
 
 
-def pipeline(config, seconds: float) -> dict:
+def pipeline(config, seconds: float, name: str = "pipeline") -> dict:
     program = HostActorProgram(config)
     try:
         program.prefill()
@@ -133,12 +197,16 @@ def pipeline(config, seconds: float) -> dict:
         program.close()
     mean = lambda k: float(np.mean([r[k] for r in reports]))  # noqa: E731
     return {
-        "pipeline_sps": steps / dt,
-        "learner_wait_frac": waits / dt,
-        "queue_mean": mean("queue_mean"),
-        "staleness_mean": mean("staleness_mean"),
-        "staleness_max": max(r["staleness_max"] for r in reports),
+        f"{name}_sps": steps / dt,
+        f"{name}_learner_wait_frac": waits / dt,
+        f"{name}_queue_mean": mean("queue_mean"),
+        f"{name}_staleness_mean": mean("staleness_mean"),
+        f"{name}_staleness_max": max(r["staleness_max"] for r in reports),
     }
+
+
+def pipeline_async(config, seconds: float) -> dict:
+    return pipeline(config.replace(actor_schedule="async"), seconds, name="pipeline_async")
 
 
 def atari_figures(config, result: dict) -> dict:
@@ -211,7 +279,7 @@ def main(argv):
         f"actor thread(s) per actor device, replay ratio {config.replay_ratio:g}"
     )
     result = {"config": config.to_dict(), "machine": info}
-    parts = (actors_alone, learner_alone, pipeline)
+    parts = (actors_alone, bare_loop, learner_alone, pipeline, pipeline_async)
     if not config.frame_replay:
         parts += (synchronous,)
     for part in parts:
@@ -234,6 +302,14 @@ def main(argv):
         line += (f"{result['pipeline_over_synchronous']:.2f}x the synchronous loop "
                  f"({result['synchronous_sps']:,.0f}); ")  # fmt: skip
     print(line + f"overlap bound (a + l) / max(a, l) = {result['overlap_bound']:.2f}")
+    result["actors_share_of_bare_loop"] = actors / result["bare_loop_sps"]
+    result["fixed_over_async"] = result["pipeline_sps"] / result["pipeline_async_sps"]
+    print(
+        f"actors greedy = {100 * result['actors_share_of_bare_loop']:.0f}% of the bare loop "
+        f"({result['bare_loop_sps']:,.0f}); fixed schedule = "
+        f"{100 * result['fixed_over_async']:.0f}% of the free-running one "
+        f"({result['pipeline_async_sps']:,.0f})"
+    )
     if config.frame_replay:
         result.update(atari_figures(config, result))
         print(

@@ -19,7 +19,7 @@ from tiny_configs import CARTPOLE
 
 import dqnx
 from dqnx import builder, checkpoint, host_envs
-from dqnx.host_actors import ActorThread, ParameterServer
+from dqnx.host_actors import ActorCore, ActorThread, ParameterServer
 from dqnx.networks import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,17 +28,25 @@ TERMINATE = [3, None, 5]  # env 1 only ever truncates
 TRUNCATE = [None, 4, 7]
 
 
+def start_actor(env, *, queue_size=64, **kwargs):
+    """One actor thread acting uniformly at random (nothing published) on ``env``;
+    returns (thread, its queue, its stop event)."""
+    server = ParameterServer(jax.local_devices()[:1])
+    out: queue.Queue = queue.Queue(maxsize=queue_size)
+    stop = threading.Event()
+    core = ActorCore(
+        0, env, MLP(env.spec.num_actions, (4,)), jax.local_devices()[0], lambda _: 1.0, None,
+        gamma=GAMMA, seed=0, **kwargs,
+    )  # fmt: skip
+    actor = ActorThread(core, server, out, stop)
+    actor.start()
+    return actor, out, stop
+
+
 def collect(n_step: int, autoreset: str, batches: int = 12):
     """Runs one actor thread (uniformly random actions) and returns what it sent."""
-    server = ParameterServer(jax.local_devices()[:1])
-    out: queue.Queue = queue.Queue(maxsize=64)
-    stop = threading.Event()
     env = host_envs.make_scripted_env(3, TERMINATE, TRUNCATE, num_actions=3, autoreset=autoreset)
-    actor = ActorThread(
-        0, lambda: env, MLP(3, (4,)), server, jax.local_devices()[0], out,
-        lambda _: 1.0, lambda: 0, rollout_steps=2, n_step=n_step, gamma=GAMMA, seed=0, stop=stop,
-    )  # fmt: skip
-    actor.start()
+    actor, out, stop = start_actor(env, rollout_steps=2, n_step=n_step)
     got = [out.get(timeout=30) for _ in range(batches)]
     stop.set()
     actor.join(timeout=10)
@@ -87,15 +95,8 @@ def test_actor_transitions_are_exact(n_step, autoreset):
 
 
 def test_full_queue_makes_the_actor_wait():
-    server = ParameterServer(jax.local_devices()[:1])
-    out: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
     env = host_envs.make_scripted_env(2, 5, None)
-    actor = ActorThread(
-        0, lambda: env, MLP(2, (4,)), server, jax.local_devices()[0], out,
-        lambda _: 1.0, lambda: 0, rollout_steps=1, n_step=1, gamma=GAMMA, seed=0, stop=stop,
-    )  # fmt: skip
-    actor.start()
+    actor, out, stop = start_actor(env, queue_size=2, rollout_steps=1, n_step=1)
     time.sleep(1.0)
     taken = actor.steps_taken
     time.sleep(0.5)
@@ -115,6 +116,30 @@ def test_parameter_copies_survive_donation():
     params = bump(params)
     copy, version = server.latest(jax.local_devices()[0])
     assert version == 7 and np.asarray(copy["w"]).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_parameter_server_gives_the_version_asked_for():
+    """``get`` waits for a version not yet published and returns exactly the one
+    asked for even when newer ones exist; old versions beyond ``keep`` go."""
+    device = jax.local_devices()[0]
+    server = ParameterServer([device], keep=2)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(server.get(device, 4, lambda: False)))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got  # nothing published yet: it waits
+    server.publish({"w": jax.numpy.full(2, 0.0)}, 0)
+    time.sleep(0.3)
+    assert not got  # version 0 is older than 4: still waiting
+    server.publish({"w": jax.numpy.full(2, 4.0)}, 4)
+    waiter.join(timeout=5)
+    server.publish({"w": jax.numpy.full(2, 8.0)}, 8)
+    assert got[0][0] and float(got[0][1]["w"][0]) == 4.0
+    assert float(server.get(device, 4, lambda: False)[1]["w"][0]) == 4.0  # not the newest
+    assert float(server.get(device, 6, lambda: False)[1]["w"][0]) == 4.0  # newest <= 6
+    assert [v for v, _ in server.published()] == [4, 8]  # version 0 dropped (keep=2)
+    assert server.get(device, 12, lambda: True) == (False, None)  # gave up waiting
+    assert server.get(device, -1, lambda: False) == (True, None)  # RANDOM
 
 
 HOST_FLAGS = [
@@ -324,14 +349,7 @@ def test_frame_actor_blocks_rebuild_the_environment_stacks():
 
     options = dict(max_num_frames_per_episode=120, protocol="machado")
     make = lambda: host_envs.make_host_env("ale:pong", 2, 5, **options)  # noqa: E731
-    server = ParameterServer(jax.local_devices()[:1])
-    out: queue.Queue = queue.Queue(maxsize=64)
-    stop = threading.Event()
-    actor = ActorThread(
-        0, make, MLP(6, (4,)), server, jax.local_devices()[0], out, lambda _: 1.0, lambda: 0,
-        rollout_steps=5, n_step=1, gamma=GAMMA, seed=0, stop=stop, frames=True,
-    )  # fmt: skip
-    actor.start()
+    actor, out, stop = start_actor(make(), rollout_steps=5, n_step=1, frames=True)
     blocks = [out.get(timeout=60).items for _ in range(14)]  # 70 steps: 2 episodes each
     stop.set()
     actor.join(timeout=10)

@@ -31,7 +31,7 @@ def counted(self, batches):
     return items
 HostActorProgram._join = counted
 start = HostActorProgram._start_actors
-def failing(self):
+def failing(self, *args):
     make = self._make_env
     def make_env(n, seed, **kw):
         env, calls = make(n, seed, **kw), [0]
@@ -45,7 +45,7 @@ def failing(self):
         return env
     if os.environ.get("DQNX_TEST_FAIL") == str(jax.process_index()):
         self._make_env = make_env
-    start(self)
+    start(self, *args)
 HostActorProgram._start_actors = failing
 run = shell.run
 def report(*args, **kwargs):

@@ -25,6 +25,7 @@ class CompiledProgram:
     """
 
     exact_resume = True
+    exact_resume_problem = None
 
     def __init__(self, config: Config, program: sweep.ProgramPlan | None = None):
         self.config = config
@@ -52,7 +53,10 @@ class CompiledProgram:
     def checkpoint_template(self):
         return self.state
 
-    def restore(self, state, env_steps: int) -> None:
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return {}  # the checkpointed state holds everything
+
+    def restore(self, state, env_steps: int, read_file=None) -> None:
         s = self.schedule
         if env_steps < s.prefill_steps or (env_steps - s.prefill_steps) % s.steps_per_iteration:
             raise CheckpointError(

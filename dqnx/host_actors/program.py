@@ -21,8 +21,19 @@ processes. Each process publishes its own copy of the (replicated) parameters to
 its actors. An actor or evaluation failure on one process stops every process at
 the end of the chunk (``_fail``), so none is left waiting in a collective.
 
-Resume is not exact: the learner, replay, keys and counters are restored, the
-host environments start new episodes.
+The schedule is fixed (``actor_schedule="fixed"``, the default): iteration
+``i``'s batches are acted with the parameters published after iteration
+``i - 1 - actor_lag`` (actors wait for them when ahead), the learner takes
+iteration ``i``'s batch of every actor in actor order, and epsilons, exploration
+draws and noise are functions of (seed, actor, iteration). A run is then the
+same whatever the load; ``"async"`` acts with the newest parameters instead.
+
+Checkpoints hold the actors' side too (``actors-<process>.pkl`` beside the
+learner's state): the parameter versions still to act with and, where the
+environments' state can be captured (``HostEnv.capture_problem`` is None), every
+actor core and the batches not yet ingested; a resumed run then continues bit
+for bit. Otherwise the environments start new episodes and the summary says
+``exact_resume: false`` with the reason.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ import numpy as np
 from dqnx import builder, host_envs, parallel, xla
 from dqnx.config import Config
 from dqnx.frame_replay import FrameStep
-from dqnx.host_actors.actor import ActorThread, ParameterServer
+from dqnx.host_actors import snapshot
+from dqnx.host_actors.actor import RANDOM, ActorCore, ActorThread, ParameterServer
 from dqnx.host_actors.evaluation import evaluate_greedy
 from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
 from dqnx.nstep import NStepTransition
@@ -50,9 +62,7 @@ from dqnx.types import Transition
 class HostActorProgram:
     """Builds the actors and the learner ``config`` describes; see ``shell.Program``."""
 
-    exact_resume = False
-
-    def __init__(self, config: Config, make_env=None):
+    def __init__(self, config: Config, make_env=None, delay=None):
         t0 = time.perf_counter()
         self.config = config
         options = builder.host_env_options(config)
@@ -61,6 +71,15 @@ class HostActorProgram:
         )
         probe = self._make_env(1, config.seed)
         spec = self.spec = probe.spec
+        self.fixed = config.actor_schedule == "fixed"
+        # Optional in the HostEnv protocol: an environment without it is not captured.
+        self.exact_resume_problem = getattr(
+            probe, "capture_problem", f"{type(probe).__name__} has no get_state/set_state"
+        )
+        if not self.fixed:
+            self.exact_resume_problem = "--actor_schedule=async acts as timing allows"
+        self.exact_resume = self.exact_resume_problem is None
+        self._delay = delay  # test hook: (actor index or None for the learner) -> seconds
         probe.close()
         self.network = builder.make_network(config, spec.obs_shape, spec.num_actions)
         actor_devices, learner_devices = builder.host_devices(config)
@@ -106,7 +125,9 @@ class HostActorProgram:
         self._compile(items)
         self._zeros = jax.tree.map(lambda x: x[: len(x) // self.processes], items)
         self.failure: str | None = None
-        prefill_iterations = -(-config.learning_starts // self.iteration_items)
+        prefill_iterations = self.prefill_iterations = -(
+            -config.learning_starts // self.iteration_items
+        )
         self.schedule = Schedule(
             prefill_steps=prefill_iterations * self.iteration_items,
             steps_per_iteration=self.iteration_items,
@@ -124,8 +145,10 @@ class HostActorProgram:
             self.where = f"{self.where} over {self.processes} processes (actors per process)"
         self.env_steps = 0
         self.num_updates = 0
-        self.server = ParameterServer(actor_devices)
-        self.queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        # Versions an actor may still need: the one of iteration i - 1 - lag and every
+        # one published since (at most one per iteration).
+        self.server = ParameterServer(actor_devices, keep=config.actor_lag + 2)
+        self.queues = [queue.Queue(maxsize=config.queue_size) for _ in range(num_threads)]
         self.stop = threading.Event()
         self.threads: list[ActorThread] = []
         self.compile_s = time.perf_counter() - t0
@@ -168,12 +191,32 @@ class HostActorProgram:
         )
         self._add = self.programs.add.lower(self.state, items).compile()
 
-    # ---- actors ---------------------------------------------------------------
+    # ---- the schedule ------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        """Iterations ingested so far (prefill included): the next batch's index."""
+        return self.env_steps // self.iteration_items
+
+    def version_for(self, batch: int) -> int:
+        """The version batch ``batch`` (= iteration) acts with: the newest published
+        after iteration ``batch - 1 - actor_lag``. Versions are update counts: 0 is
+        published after the prefill, then one whenever the updates cross a multiple
+        of ``actor_sync_period`` (see ``run_chunk``)."""
+        t = batch - 1 - self.config.actor_lag
+        if t < self.prefill_iterations - 1:
+            return RANDOM
+        u, k = self.config.updates_per_iteration, self.config.actor_sync_period
+        crossings = (t - self.prefill_iterations + 1) * u // k
+        return -(-crossings * k // u) * u  # the first update count past the last crossing
+
     def _epsilon_for(self, index: int):
+        """``(batch) -> epsilon`` of actor ``index``: the schedule at the batch's env
+        step (fixed schedule), or at the learner's count now (async)."""
         n = self.envs_per_thread
         cache = {}
 
-        def epsilon(env_steps: int):
+        def epsilon(batch: int):
+            env_steps = batch * self.iteration_items if self.fixed else self.env_steps
             if env_steps not in cache:
                 cache.clear()
                 eps = np.asarray(self.schedules.epsilon(env_steps), np.float32)
@@ -182,9 +225,10 @@ class HostActorProgram:
 
         return epsilon
 
-    def _start_actors(self) -> None:
+    # ---- actors ---------------------------------------------------------------
+    def _start_actors(self, saved: list | None = None) -> None:
         try:
-            self._make_actors()
+            self._make_actors(saved)
         except Exception as e:  # e.g. an environment that fails to start
             if self.processes == 1:
                 raise
@@ -192,28 +236,33 @@ class HostActorProgram:
         for thread in self.threads:
             thread.start()
 
-    def _make_actors(self) -> None:
+    def _make_actors(self, saved: list | None) -> None:
+        """Builds the actor threads: fresh (their first batch is the next
+        iteration), or continuing ``saved`` (one snapshot per thread)."""
         config = self.config
-        threads = config.actor_threads * len(self.actor_devices)
-        for i in range(threads):
-            g = self.process * threads + i  # over all processes: seeds, Ape-X epsilons
-            seed = config.seed * 1_000_003 + g  # each thread its own environments
-            thread = ActorThread(
+        for i, out in enumerate(self.queues):
+            g = self.process * len(self.queues) + i  # over all processes: seeds, Ape-X
+            seed = config.seed * 1_000_003 + g  # each actor its own environments
+            core = ActorCore(
                 g,
-                lambda seed=seed: self._make_env(self.envs_per_thread, seed),
+                self._make_env(self.envs_per_thread, seed),
                 self.network,
-                self.server,
                 self.actor_devices[i // config.actor_threads],
-                self.queue,
                 self._epsilon_for(g),
-                lambda: self.env_steps,
-                stop=self.stop,
+                self.version_for if self.fixed else None,
                 frames=self.frames,
                 **builder.fields(
                     config, "rollout_steps", "n_step", "gamma", "seed", "clip_rewards"
                 ),
-            )
-            self.threads.append(thread)
+            )  # fmt: skip
+            outbox = []
+            if saved is not None:
+                core.restore(saved[i]["core"])
+                outbox = saved[i]["outbox"]
+            else:
+                core.state["made"] = self.iteration
+            delay = None if self._delay is None else (lambda g=g: self._delay(g))
+            self.threads.append(ActorThread(core, self.server, out, self.stop, outbox, delay))
 
     def _check_actors(self) -> None:
         for thread in self.threads:
@@ -243,17 +292,34 @@ class HostActorProgram:
         if failed.any():
             raise RunFailed(f"process {int(np.argmax(failed))} failed; see its error")
 
-    def _next_items(self, stats: dict):
-        """Takes one batch from each of ``threads`` queue slots (any actor) and joins them."""
-        batches = []
-        t0 = time.perf_counter()
-        while len(batches) < len(self.threads) and self.failure is None:
-            stats["queue_sum"] += self.queue.qsize()
-            stats["queue_reads"] += 1
+    def _take(self, actor: int):
+        """The next batch of actor ``actor`` (None once this process failed)."""
+        while self.failure is None:
             try:
-                batches.append(self.queue.get(timeout=0.5))
+                return self.queues[actor].get(timeout=0.5)
             except queue.Empty:
                 self._check_actors()
+        return None
+
+    def _next_items(self, stats: dict):
+        """Takes the next batch of each actor, in actor order, and joins them (the
+        fixed schedule: batch ``i`` of every actor; async: whatever each has)."""
+        if self._delay is not None:
+            time.sleep(self._delay(None))
+        batches = []
+        t0 = time.perf_counter()
+        for actor, q in enumerate(self.queues):
+            stats["queue_sum"] += q.qsize()
+            stats["queue_reads"] += 1
+            batch = self._take(actor)
+            if batch is None:
+                break
+            if self.fixed and batch.index != self.iteration:
+                raise RunFailed(
+                    f"actor {batch.actor} sent batch {batch.index} for iteration "
+                    f"{self.iteration}: the actors' schedule is broken"
+                )
+            batches.append(batch)
         stats["wait_s"] += time.perf_counter() - t0
         for b in batches:
             stats["episodes"] += b.episodes
@@ -277,11 +343,49 @@ class HostActorProgram:
     def checkpoint_template(self):
         return self.state
 
-    def restore(self, state, env_steps: int) -> None:
+    def actors_file(self) -> str:
+        return f"actors-{self.process}.pkl"
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """This process's actors' side of a checkpoint (see the module docstring):
+        the actors pause between two rollouts while it is taken."""
+        for thread in self.threads:
+            thread.pause()
+        try:
+            saved = None
+            if self.exact_resume:
+                saved = []
+                for thread, q in zip(self.threads, self.queues, strict=True):
+                    with q.mutex:
+                        queued = list(q.queue)
+                    saved.append({"core": thread.core.snapshot(), "outbox": queued + thread.outbox})
+            data = {
+                "iteration": self.iteration,
+                "published": self.server.published(),
+                "actors": saved,
+            }
+            return {self.actors_file(): snapshot.dumps(data)}
+        finally:
+            for thread in self.threads:
+                thread.resume()
+
+    def restore(self, state, env_steps: int, read_file=lambda name: None) -> None:
         self.state, self.env_steps = state, env_steps
         self.num_updates = int(parallel.local_copy(state.learner.num_updates))
-        self._start_actors()
-        self._publish()
+        data = read_file(self.actors_file())
+        saved = None
+        if data is None:  # a checkpoint without the actors' side: the newest parameters
+            self._publish()
+            self.exact_resume, self.exact_resume_problem = False, "the checkpoint holds no actors"
+        else:
+            try:
+                data = snapshot.loads(data)
+            except snapshot.SnapshotError as e:
+                raise RunFailed(f"{self.actors_file()} of the checkpoint: {e}") from None
+            for version, params in data["published"]:
+                self.server.publish(jax.device_put(params, self.actor_devices[0]), version)
+            saved = data["actors"] if self.exact_resume else None
+        self._start_actors(saved)
 
     def prefill(self) -> int:
         self._start_actors()
@@ -392,11 +496,6 @@ class HostActorProgram:
 
     def close(self) -> None:
         self.stop.set()
-        while True:  # unblock actors waiting on a full queue
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
         for thread in self.threads:
             thread.join(timeout=5.0)
 

@@ -109,6 +109,11 @@ def spec(
 class AleHostEnv(VectorHostEnv):
     """``HostEnv`` over ``ale_py.vector_env.AtariVectorEnv`` (see the module docstring)."""
 
+    capture_problem = (
+        "ale-py's AtariVectorEnv keeps its emulators in C++ and offers no state save "
+        "(ALEInterface.cloneState serves single environments only)"
+    )
+
     def __init__(self, vector_env, env_spec: HostEnvSpec, seed: int, life_loss: bool):
         super().__init__(vector_env, env_spec, seed)
         self._life_loss = life_loss

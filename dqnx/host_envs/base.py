@@ -161,6 +161,12 @@ class EpisodeStats:
         self._return[:] = 0.0
         self._length[:] = 0
 
+    def get_state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._return.copy(), self._length.copy()
+
+    def set_state(self, state) -> None:
+        self._return[:], self._length[:] = state
+
     def update(self, reward, done, valid) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(episode_return float32 [N], episode_length int32 [N])``."""
         self._return += np.where(valid, reward, 0.0)
@@ -198,11 +204,33 @@ class HostEnvBase:
     ``self._host_step``.
     """
 
+    #: Why ``get_state`` cannot capture this environment (None: it can).
+    capture_problem: str | None = "its library offers no way to save an environment's state"
+
     def __init__(self, spec: HostEnvSpec, num_envs: int, seed: int):
         self.spec = spec
         self.num_envs = num_envs
         self._seed = seed
         self._stats = EpisodeStats(num_envs)
+
+    def get_state(self) -> dict:
+        """Everything the next ``step`` depends on (picklable objects, not copies:
+        pickle them before stepping again); raises NotImplementedError with
+        ``capture_problem`` where the library cannot give it."""
+        if self.capture_problem is not None:
+            raise NotImplementedError(self.capture_problem)
+        return {"stats": self._stats.get_state(), **self._get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Continues from ``get_state()`` (of an environment made the same way)."""
+        self._stats.set_state(state["stats"])
+        self._set_state(state)
+
+    def _get_state(self) -> dict:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict) -> None:
+        raise NotImplementedError
 
     def _reset_seeds(self, seed: int | None) -> np.ndarray:
         """Restarts the statistics; returns the seeds of ``reset(seed)``, one per environment."""

@@ -107,6 +107,18 @@ class GymnasiumHostEnv(VectorHostEnv):
         self._same_step = autoreset == SAME_STEP
         self._action_start = int(vector_env.single_action_space.start)
         self._pending_reset = np.zeros(self.num_envs, np.bool_)
+        if isinstance(vector_env, import_gymnasium().vector.AsyncVectorEnv):
+            self.capture_problem = "AsyncVectorEnv's environments live in subprocesses"
+        else:  # SyncVectorEnv: its environments (and their generators) pickle whole
+            self.capture_problem = None
+
+    def _get_state(self) -> dict:
+        return {"vector_env": self._env, "pending": self._pending_reset.copy()}
+
+    def _set_state(self, state: dict) -> None:
+        self._env.close()
+        self._env = state["vector_env"]
+        self._pending_reset[:] = state["pending"]
 
     def _convert(self, obs) -> np.ndarray:
         return np.asarray(obs).astype(self.spec.obs_dtype, copy=True)

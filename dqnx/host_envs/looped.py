@@ -114,6 +114,19 @@ class LoopedHostEnv(HostEnvBase):
         self._pending_reset = done & (not self._same_step)
         return self._host_step(obs, next_obs, reward, terminated, truncated, done, valid)
 
+    capture_problem = None  # the environments are Python objects: pickled whole
+
+    def _get_state(self) -> dict:
+        return {
+            "envs": self._envs,
+            "steps": self._steps.copy(),
+            "pending": self._pending_reset.copy(),
+        }
+
+    def _set_state(self, state: dict) -> None:
+        self._envs = list(state["envs"])
+        self._steps[:], self._pending_reset[:] = state["steps"], state["pending"]
+
     def close(self) -> None:
         for env in self._envs:
             close = getattr(env, "close", None)

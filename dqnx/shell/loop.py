@@ -207,7 +207,9 @@ class _Loop:
     def save(self, env_steps: int) -> None:
         t0 = time.perf_counter()
         meta = {"config": self.config.to_dict(), **self.program.checkpoint_meta()}
-        self.checkpointer.save(env_steps, self.program.checkpoint_state(), meta)
+        self.checkpointer.save(
+            env_steps, self.program.checkpoint_state(), meta, self.program.checkpoint_files()
+        )
         self.checkpoint_s.append(time.perf_counter() - t0)
         self.last_saved = env_steps
 
@@ -219,7 +221,9 @@ class _Loop:
         resume_step = resumer.picked
         if resume_step is not None:
             state, resume_step = resumer.restore(self.program.checkpoint_template(), resume_step)
-            self.program.restore(state, resume_step)
+            self.program.restore(
+                state, resume_step, lambda name: self.checkpointer.read_file(resume_step, name)
+            )
             self.last_saved = resume_step
         if self.is_main:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -362,6 +366,12 @@ class _Loop:
             "checkpoint_s": float(np.mean(self.checkpoint_s)) if self.checkpoint_s else None,
             "sps": self.steps_this_process * seeds / max(self.train_s, 1e-9),
             "resumed_from": resume_step,
+            "exact_resume": self.program.exact_resume,
+            **(
+                {}
+                if self.program.exact_resume
+                else {"exact_resume_problem": self.program.exact_resume_problem}
+            ),
             "eval_return_per_seed": self.last_eval,
             "eval_return_mean": float(np.mean(self.last_eval)),
             "params_digest": params_digests(params),

@@ -10,6 +10,7 @@ host-actor mode (environments stepped in actor threads on the host) are two.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -61,19 +62,22 @@ class Program(Protocol):
       compile_s: wall seconds until training could start.
       exact_resume: True if a resumed run continues bit for bit (the state to
         checkpoint holds everything, environments included).
+      exact_resume_problem: why not, where ``exact_resume`` is False.
       where: the devices (and threads) it runs on, for the start line.
     """
 
     schedule: Schedule
     compile_s: float
     exact_resume: bool
+    exact_resume_problem: str | None
     where: str
 
     def checkpoint_template(self) -> Any:
         """A state of the checkpointed structure and placement, to restore into."""
 
-    def restore(self, state: Any, env_steps: int) -> None:
-        """Continues from a restored checkpoint taken at ``env_steps``."""
+    def restore(self, state: Any, env_steps: int, read_file: Callable[[str], bytes | None]) -> None:
+        """Continues from a restored checkpoint taken at ``env_steps``;
+        ``read_file(name)`` gives a file ``checkpoint_files`` saved with it (or None)."""
 
     def prefill(self) -> int:
         """Acts until learning starts; returns env steps per seed so far."""
@@ -86,6 +90,9 @@ class Program(Protocol):
 
     def checkpoint_state(self) -> Any:
         """The state to checkpoint now."""
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """Files (name -> bytes) of this process to save beside the state."""
 
     def checkpoint_meta(self) -> dict:
         """JSON metadata saved beside the state (e.g. the device layout)."""
