@@ -133,6 +133,15 @@ def main(argv: list[str], all_cpu_cores: bool = False) -> int:
     except KeyboardInterrupt:
         print("interrupted without a checkpoint", file=sys.stderr)
         return 130
+    except Exception as e:
+        lost = parallel.peer_lost(e)
+        if lost is None:
+            raise
+        # Exit now: JAX's shutdown barrier would wait for the lost process until its
+        # heartbeat times out, then abort with a stack trace.
+        print(f"error: {lost}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     return 0
 
 

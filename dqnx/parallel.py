@@ -226,6 +226,31 @@ def _on_multi_host_tpu() -> bool:
     return "," in hosts
 
 
+#: Seconds without a heartbeat after which JAX declares a process of the run dead.
+HEARTBEAT_TIMEOUT_S = 30
+
+# What a collective or barrier reports when another process of the run is gone.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "heartbeat timeout",
+              "Gloo", "UNAVAILABLE", "tasks have crashed")  # fmt: skip
+
+
+def peer_lost(error: BaseException) -> str | None:
+    """One line saying that another process of a multi-process run stopped, if
+    ``error`` is a JAX runtime error of a collective or barrier that lost a peer
+    (gloo closes its connection at once); None otherwise."""
+    if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+        return None
+    text = str(error)
+    if not any(marker in text for marker in _PEER_LOST):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return (
+        f"another process of this run stopped (process {jax.process_index()} of "
+        f"{jax.process_count()} saw: {first[:200]}); restart every process with the same "
+        f"command to resume from the last checkpoint"
+    )
+
+
 def initialize_distributed(
     coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
 ) -> bool:
@@ -249,6 +274,9 @@ def initialize_distributed(
             coordinator_address=coordinator_address,
             num_processes=num_processes,
             process_id=process_id,
+            # A process that died is declared so after this long (JAX's default, 100 s,
+            # keeps the others waiting in a barrier for as long).
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         )
     else:
         jax.distributed.initialize()

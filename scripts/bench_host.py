@@ -64,15 +64,19 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 
 def drain(program: HostActorProgram, seconds: float) -> float:
-    """Env steps/s the actors deliver while this thread only empties the queue."""
-    stats = {k: 0 for k in ("queue_sum", "queue_reads", "wait_s", "episodes", "return_sum")}
-    stats.update(staleness_sum=0, staleness_max=0, staleness_n=0)
+    """Env steps/s the actors deliver while this thread only empties their queues
+    (no joining or device transfer: that is the learner's work)."""
+
+    def take():
+        for actor in range(len(program.queues)):
+            program._take(actor)
+
     deadline = time.perf_counter() + 1.0  # warm-up
     while time.perf_counter() < deadline:
-        program._next_items(stats)
+        take()
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        program._next_items(stats)
+        take()
         count += program.iteration_items
     return count / (time.perf_counter() - t0)
 

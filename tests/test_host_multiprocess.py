@@ -178,3 +178,62 @@ def test_processes_with_different_splits_are_a_one_line_error(tmp_path):
         assert "process 0: 2 devices, 1 actor + 1 learner x 1 thread(s)" in lines[0]
         assert "process 1: 3 devices, 1 actor + 2 learner x 1 thread(s)" in lines[0]
     assert not (tmp_path / "w").exists()
+
+
+def test_a_killed_process_stops_the_other_in_one_line_then_both_resume(tmp_path):
+    """kill -9 of process 1 mid-chunk: process 0 exits 1 with one line within 60 s
+    (not after JAX's heartbeat timeout and a stack trace); rerunning both resumes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        penv = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **CACHE)
+        penv["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        command = [sys.executable, str(ROOT / "experiments" / "run.py"), *FLAGS,
+                   "--total_steps=400000", "--checkpoint_every=400", f"--workdir={workdir}",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"]  # fmt: skip
+        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=penv))  # fmt: skip
+    try:
+        line = ""
+        while not line.startswith("steps ") and procs[0].poll() is None:
+            line = procs[0].stdout.readline()
+        assert line.startswith("steps "), procs[0].stderr.read()[-2000:]
+        time.sleep(1.0)
+        procs[1].kill()
+        t0 = time.time()
+        _, err = procs[0].communicate(timeout=90)
+        took = time.time() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1 and took < 60, (took, err[-2000:])
+    lines = errors(err)
+    assert len(lines) == 1 and lines[0].startswith("error: another process of this run stopped")
+    results = run_processes(workdir, "--total_steps=2400", "--checkpoint_every=400")
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    s0 = summary_of(results[0][1])
+    assert s0["resumed_from"] is not None and s0["env_steps_per_seed"] == 2400
+
+
+def test_one_process_with_the_same_actors_gives_the_same_digest(two_process_run, tmp_path):
+    """The fixed schedule spans processes: 1 process with 2 actor devices and the
+    2-device learner makes the run of 2 processes with one of each."""
+    workdir, ((_, out0, _), _) = two_process_run
+    penv = dict(os.environ, PYTHONPATH=str(ROOT), **CACHE)
+    penv["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = [f for f in FLAGS if not f.startswith(("--actor_devices", "--learner_devices"))]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), *flags, "--actor_devices=2",
+         "--learner_devices=2", "--total_steps=1600", f"--workdir={tmp_path}"],
+        capture_output=True, text=True, env=penv, timeout=240,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    single = json.loads((tmp_path / "summary.json").read_text())
+    assert single["params_digest"] == summary_of(out0)["params_digest"]
