@@ -74,11 +74,13 @@ def drain(program: HostActorProgram, seconds: float) -> float:
     deadline = time.perf_counter() + 1.0  # warm-up
     while time.perf_counter() < deadline:
         take()
-    count, t0 = 0, time.perf_counter()
+    count, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         take()
         count += program.iteration_items
-    return count / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    program.cores_used = (time.process_time() - c0) / dt  # CPU seconds per second
+    return count / dt
 
 
 def actors_alone(config, seconds: float) -> dict:
@@ -91,7 +93,8 @@ def actors_alone(config, seconds: float) -> dict:
         greedy_sps = drain(program, seconds)
     finally:
         program.close()
-    return {"actors_random_sps": random_sps, "actors_greedy_sps": greedy_sps}
+    return {"actors_random_sps": random_sps, "actors_greedy_sps": greedy_sps,
+            "actors_greedy_cores": program.cores_used}  # fmt: skip
 
 
 def bare_loop(config, seconds: float) -> dict:
@@ -167,7 +170,7 @@ def learner_alone(config, seconds: float) -> dict:
     beta = np.float32(config.importance_exponent)
     state, m = program._ingest(state, batches[0], beta)
     jax.block_until_ready(m)
-    count, t0 = 0, time.perf_counter()
+    count, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         for b in batches:
             state, m = program._ingest(state, b, beta)
@@ -175,6 +178,7 @@ def learner_alone(config, seconds: float) -> dict:
         count += len(batches)
     dt = time.perf_counter() - t0
     return {
+        "learner_cores": (time.process_time() - c0) / dt,
         "learner_ingests_per_s": count / dt,
         "learner_updates_per_s": count * config.updates_per_iteration / dt,
         "learner_sps": count * program.iteration_items / dt,
@@ -306,6 +310,18 @@ def main(argv):
         line += (f"{result['pipeline_over_synchronous']:.2f}x the synchronous loop "
                  f"({result['synchronous_sps']:,.0f}); ")  # fmt: skip
     print(line + f"overlap bound (a + l) / max(a, l) = {result['overlap_bound']:.2f}")
+    # Each part alone may use every core: the pipeline, which runs both on the same
+    # cores, is bound by their CPU seconds per env step together.
+    cores = info["cores"]
+    per_step = result["actors_greedy_cores"] / actors + result["learner_cores"] / learner
+    result["cpu_bound_sps"] = cores / per_step
+    result["pipeline_share_of_cpu_bound"] = result["pipeline_sps"] / result["cpu_bound_sps"]
+    print(
+        f"CPU: actors alone use {result['actors_greedy_cores']:.2f} cores, the learner "
+        f"{result['learner_cores']:.2f}; {cores} cores feed both at most "
+        f"{result['cpu_bound_sps']:,.0f} env steps/s: the pipeline is "
+        f"{100 * result['pipeline_share_of_cpu_bound']:.0f}% of that"
+    )
     result["actors_share_of_bare_loop"] = actors / result["bare_loop_sps"]
     result["fixed_over_async"] = result["pipeline_sps"] / result["pipeline_async_sps"]
     print(

@@ -25,9 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dqnx.host_actors import snapshot
 from dqnx.host_actors.core import RANDOM, ActorBatch, ActorCore
 
-__all__ = ["RANDOM", "ActorBatch", "ActorCore", "ActorThread", "ParameterServer"]
+__all__ = ["RANDOM", "ActorBatch", "ActorCore", "ActorThread", "ParameterServer", "ThreadActors"]
 
 
 class ParameterServer:
@@ -182,3 +183,88 @@ class ActorThread(threading.Thread):
     def resume(self) -> None:
         self._pause.clear()
         self._resume.set()
+
+
+class ThreadActors:
+    """The actors as threads of this process: one ``ActorThread`` and one bounded
+    queue per ``ActorCore``, acting from one ``ParameterServer``.
+
+    The program drives every actor backend through the same calls: ``start``,
+    ``publish``, ``take``, ``problem``, ``snapshot``, ``close``.
+
+    Args:
+      cores: the actors (their environments built, on their devices).
+      devices: the actor devices (each core's ``device`` among them).
+      keep: parameter versions to keep (``actor_lag + 2``).
+      queue_size: batches each actor's queue holds.
+      delay: test hook: ``(actor index) -> seconds`` slept before each rollout.
+    """
+
+    def __init__(self, cores: list[ActorCore], devices, keep: int, queue_size: int, delay=None):
+        self.cores, self.devices = cores, list(devices)
+        self.server = ParameterServer(self.devices, keep=keep)
+        self.queues = [queue.Queue(maxsize=queue_size) for _ in cores]
+        self.stop = threading.Event()
+        self.threads: list[ActorThread] = []
+        self._delay = delay
+
+    def start(self, outboxes: list | None = None) -> None:
+        """Starts one thread per core; ``outboxes``: batches each sends first."""
+        for i, (core, out) in enumerate(zip(self.cores, self.queues, strict=True)):
+            delay = None if self._delay is None else (lambda g=core.index: self._delay(g))
+            outbox = None if outboxes is None else outboxes[i]
+            self.threads.append(ActorThread(core, self.server, out, self.stop, outbox, delay))
+        for thread in self.threads:
+            thread.start()
+
+    def publish(self, params, version: int) -> None:
+        self.server.publish(params, version)
+
+    def take(self, actor: int, timeout: float) -> ActorBatch | None:
+        """Actor ``actor``'s next batch, or None after ``timeout`` seconds."""
+        try:
+            return self.queues[actor].get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def problem(self) -> str | None:
+        """A line naming the first actor that failed or stopped, else None."""
+        for thread in self.threads:
+            if thread.error is not None:
+                e = thread.error
+                return f"{thread.name} failed: {type(e).__name__}: {e}"
+            if not thread.is_alive() and not self.stop.is_set():
+                return f"{thread.name} stopped unexpectedly"
+        return None
+
+    def steps_taken(self) -> int:
+        return sum(core.steps_taken for core in self.cores)
+
+    def backlog(self) -> int:
+        """Batches made and not yet taken."""
+        return sum(q.qsize() for q in self.queues)
+
+    def published(self) -> list:
+        return self.server.published()
+
+    def snapshot(self) -> bytes:
+        """Each actor's core and the batches it made that the learner has not
+        taken, pickled (``snapshot.dumps``) while the threads pause between two
+        rollouts."""
+        for thread in self.threads:
+            thread.pause()
+        try:
+            saved = []
+            for thread, q in zip(self.threads, self.queues, strict=True):
+                with q.mutex:
+                    queued = list(q.queue)
+                saved.append({"core": thread.core.snapshot(), "outbox": queued + thread.outbox})
+            return snapshot.dumps(saved)  # here, while the environments cannot move
+        finally:
+            for thread in self.threads:
+                thread.resume()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5.0)

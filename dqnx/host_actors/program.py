@@ -38,8 +38,6 @@ for bit. Otherwise the environments start new episodes and the summary says
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import jax
@@ -50,9 +48,10 @@ from dqnx import builder, host_envs, parallel, xla
 from dqnx.config import Config
 from dqnx.frame_replay import FrameStep
 from dqnx.host_actors import snapshot
-from dqnx.host_actors.actor import RANDOM, ActorCore, ActorThread, ParameterServer
+from dqnx.host_actors.actor import ThreadActors
 from dqnx.host_actors.evaluation import evaluate_greedy
 from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
+from dqnx.host_actors.schedule import ActorSchedule, make_core
 from dqnx.nstep import NStepTransition
 from dqnx.shell.program import ChunkReport, Schedule
 from dqnx.shell.signals import RunFailed
@@ -147,10 +146,9 @@ class HostActorProgram:
         self.num_updates = 0
         # Versions an actor may still need: the one of iteration i - 1 - lag and every
         # one published since (at most one per iteration).
-        self.server = ParameterServer(actor_devices, keep=config.actor_lag + 2)
-        self.queues = [queue.Queue(maxsize=config.queue_size) for _ in range(num_threads)]
-        self.stop = threading.Event()
-        self.threads: list[ActorThread] = []
+        self.actor_schedule = ActorSchedule.of(config, self.envs_per_thread)
+        self.num_actors = num_threads  # in this process
+        self.actors = None  # the backend, once started
         self.compile_s = time.perf_counter() - t0
 
     def _transition_examples(self, obs0):
@@ -191,86 +189,56 @@ class HostActorProgram:
         )
         self._add = self.programs.add.lower(self.state, items).compile()
 
-    # ---- the schedule ------------------------------------------------------------
+    # ---- actors ---------------------------------------------------------------
     @property
     def iteration(self) -> int:
         """Iterations ingested so far (prefill included): the next batch's index."""
         return self.env_steps // self.iteration_items
 
-    def version_for(self, batch: int) -> int:
-        """The version batch ``batch`` (= iteration) acts with: the newest published
-        after iteration ``batch - 1 - actor_lag``. Versions are update counts: 0 is
-        published after the prefill, then one whenever the updates cross a multiple
-        of ``actor_sync_period`` (see ``run_chunk``)."""
-        t = batch - 1 - self.config.actor_lag
-        if t < self.prefill_iterations - 1:
-            return RANDOM
-        u, k = self.config.updates_per_iteration, self.config.actor_sync_period
-        crossings = (t - self.prefill_iterations + 1) * u // k
-        return -(-crossings * k // u) * u  # the first update count past the last crossing
-
-    def _epsilon_for(self, index: int):
-        """``(batch) -> epsilon`` of actor ``index``: the schedule at the batch's env
-        step (fixed schedule), or at the learner's count now (async)."""
-        n = self.envs_per_thread
-        cache = {}
-
-        def epsilon(batch: int):
-            env_steps = batch * self.iteration_items if self.fixed else self.env_steps
-            if env_steps not in cache:
-                cache.clear()
-                eps = np.asarray(self.schedules.epsilon(env_steps), np.float32)
-                cache[env_steps] = eps if eps.ndim == 0 else eps[index * n : (index + 1) * n]
-            return cache[env_steps]
-
-        return epsilon
-
-    # ---- actors ---------------------------------------------------------------
-    def _start_actors(self, saved: list | None = None) -> None:
+    def _start_actors(self, saved: bytes | None = None) -> None:
+        """Starts this process's actors: fresh (their first batch is the next
+        iteration), or continuing ``saved`` (``actors.snapshot()`` bytes)."""
         try:
-            self._make_actors(saved)
+            self.actors = self._make_actors()
+            outboxes = None
+            if saved is not None:
+                saved = snapshot.loads(saved)
+                for core, s in zip(self.actors.cores, saved, strict=True):
+                    core.restore(s["core"])
+                outboxes = [s["outbox"] for s in saved]
+            else:
+                for core in self.actors.cores:
+                    core.state["made"] = self.iteration
         except Exception as e:  # e.g. an environment that fails to start
             if self.processes == 1:
                 raise
             self._fail(f"starting the actors failed: {type(e).__name__}: {e}")
-        for thread in self.threads:
-            thread.start()
+            return
+        self.actors.start(outboxes)
 
-    def _make_actors(self, saved: list | None) -> None:
-        """Builds the actor threads: fresh (their first batch is the next
-        iteration), or continuing ``saved`` (one snapshot per thread)."""
-        config = self.config
-        for i, out in enumerate(self.queues):
-            g = self.process * len(self.queues) + i  # over all processes: seeds, Ape-X
-            seed = config.seed * 1_000_003 + g  # each actor its own environments
-            core = ActorCore(
-                g,
-                self._make_env(self.envs_per_thread, seed),
+    def _make_actors(self) -> ThreadActors:
+        config, n = self.config, self.num_actors
+        cores = [
+            make_core(
+                config,
+                self.actor_schedule,
+                self.process * n + i,
                 self.network,
                 self.actor_devices[i // config.actor_threads],
-                self._epsilon_for(g),
-                self.version_for if self.fixed else None,
-                frames=self.frames,
-                **builder.fields(
-                    config, "rollout_steps", "n_step", "gamma", "seed", "clip_rewards"
-                ),
+                self._make_env,
+                env_steps=lambda: self.env_steps,
             )  # fmt: skip
-            outbox = []
-            if saved is not None:
-                core.restore(saved[i]["core"])
-                outbox = saved[i]["outbox"]
-            else:
-                core.state["made"] = self.iteration
-            delay = None if self._delay is None else (lambda g=g: self._delay(g))
-            self.threads.append(ActorThread(core, self.server, out, self.stop, outbox, delay))
+            for i in range(n)
+        ]
+        # Versions an actor may still need: the one of iteration i - 1 - lag and every
+        # one published since (at most one per iteration).
+        keep = config.actor_lag + 2
+        return ThreadActors(cores, self.actor_devices, keep, config.queue_size, self._delay)
 
     def _check_actors(self) -> None:
-        for thread in self.threads:
-            if thread.error is not None:
-                e = thread.error
-                self._fail(f"{thread.name} failed: {type(e).__name__}: {e}")
-            elif not thread.is_alive() and not self.stop.is_set():
-                self._fail(f"{thread.name} stopped unexpectedly")
+        problem = self.actors.problem() if self.actors is not None else None
+        if problem is not None:
+            self._fail(problem)
 
     def _fail(self, message: str) -> None:
         """Raises RunFailed; with several processes, only notes it: this process
@@ -295,10 +263,10 @@ class HostActorProgram:
     def _take(self, actor: int):
         """The next batch of actor ``actor`` (None once this process failed)."""
         while self.failure is None:
-            try:
-                return self.queues[actor].get(timeout=0.5)
-            except queue.Empty:
-                self._check_actors()
+            batch = self.actors.take(actor, timeout=0.5)
+            if batch is not None:
+                return batch
+            self._check_actors()
         return None
 
     def _next_items(self, stats: dict):
@@ -308,9 +276,10 @@ class HostActorProgram:
             time.sleep(self._delay(None))
         batches = []
         t0 = time.perf_counter()
-        for actor, q in enumerate(self.queues):
-            stats["queue_sum"] += q.qsize()
+        if self.actors is not None:
+            stats["queue_sum"] += self.actors.backlog()
             stats["queue_reads"] += 1
+        for actor in range(self.num_actors if self.actors is not None else 0):
             batch = self._take(actor)
             if batch is None:
                 break
@@ -337,7 +306,9 @@ class HostActorProgram:
 
     def _publish(self) -> None:
         # The parameters are replicated: each process publishes its own copy.
-        self.server.publish(parallel.local_copy(self.state.learner.params), self.num_updates)
+        if self.actors is None:  # they failed to start (several processes)
+            return
+        self.actors.publish(parallel.local_copy(self.state.learner.params), self.num_updates)
 
     # ---- the Program interface ----------------------------------------------
     def checkpoint_template(self):
@@ -349,43 +320,29 @@ class HostActorProgram:
     def checkpoint_files(self) -> dict[str, bytes]:
         """This process's actors' side of a checkpoint (see the module docstring):
         the actors pause between two rollouts while it is taken."""
-        for thread in self.threads:
-            thread.pause()
-        try:
-            saved = None
-            if self.exact_resume:
-                saved = []
-                for thread, q in zip(self.threads, self.queues, strict=True):
-                    with q.mutex:
-                        queued = list(q.queue)
-                    saved.append({"core": thread.core.snapshot(), "outbox": queued + thread.outbox})
-            data = {
-                "iteration": self.iteration,
-                "published": self.server.published(),
-                "actors": saved,
-            }
-            return {self.actors_file(): snapshot.dumps(data)}
-        finally:
-            for thread in self.threads:
-                thread.resume()
+        data = {
+            "iteration": self.iteration,
+            "published": self.actors.published(),
+            "actors": self.actors.snapshot() if self.exact_resume else None,
+        }
+        return {self.actors_file(): snapshot.dumps(data)}
 
     def restore(self, state, env_steps: int, read_file=lambda name: None) -> None:
         self.state, self.env_steps = state, env_steps
         self.num_updates = int(parallel.local_copy(state.learner.num_updates))
         data = read_file(self.actors_file())
-        saved = None
+        try:
+            data = None if data is None else snapshot.loads(data)
+            published = [] if data is None else data["published"]
+            saved = data["actors"] if data is not None and self.exact_resume else None
+            self._start_actors(saved)
+        except snapshot.SnapshotError as e:
+            raise RunFailed(f"{self.actors_file()} of the checkpoint: {e}") from None
         if data is None:  # a checkpoint without the actors' side: the newest parameters
             self._publish()
             self.exact_resume, self.exact_resume_problem = False, "the checkpoint holds no actors"
-        else:
-            try:
-                data = snapshot.loads(data)
-            except snapshot.SnapshotError as e:
-                raise RunFailed(f"{self.actors_file()} of the checkpoint: {e}") from None
-            for version, params in data["published"]:
-                self.server.publish(jax.device_put(params, self.actor_devices[0]), version)
-            saved = data["actors"] if self.exact_resume else None
-        self._start_actors(saved)
+        for version, params in published:
+            self.actors.publish(jax.device_put(params, self.actor_devices[0]), version)
 
     def prefill(self) -> int:
         self._start_actors()
@@ -400,9 +357,8 @@ class HostActorProgram:
     def run_chunk(self, num_iterations: int) -> ChunkReport:
         stats = _new_stats()
         metrics, first_bad = [], -1
-        sync = self.config.actor_sync_period
         updates = self.config.updates_per_iteration
-        steps_before = sum(t.steps_taken for t in self.threads)
+        steps_before = self.actors.steps_taken()
         t0 = time.perf_counter()
         for _ in range(num_iterations):
             items = self._next_items(stats)
@@ -413,7 +369,7 @@ class HostActorProgram:
             self.env_steps += self.iteration_items
             metrics.append((self.env_steps, m))
             before, self.num_updates = self.num_updates, self.num_updates + updates
-            if self.num_updates // sync > before // sync:
+            if self.actor_schedule.is_published(before, self.num_updates):
                 self._publish()
         dt = time.perf_counter() - t0
         host = jax.device_get(parallel.local_copy([m for _, m in metrics]))
@@ -422,7 +378,7 @@ class HostActorProgram:
         if bad.any():
             first_bad = metrics[int(np.argmax(bad))][0]
         n_updates = max(len(host) * updates, 1)
-        stats["acted"] = sum(t.steps_taken for t in self.threads) - steps_before
+        stats["acted"] = self.actors.steps_taken() - steps_before
         stats["failed"] = self.failure is not None
         stats, failed = _over_processes(stats)
         self._stop_if_failed(failed)
@@ -495,9 +451,8 @@ class HostActorProgram:
         return self.schedules.mean_epsilon(env_steps)
 
     def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=5.0)
+        if self.actors is not None:
+            self.actors.close()
 
 
 def _over_processes(stats: dict) -> tuple[dict, np.ndarray | None]:
