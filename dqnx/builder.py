@@ -346,7 +346,10 @@ def _validate_host(config: Config) -> None:
         raise ConfigError("--frame_replay runs the learner on one device, in one process")
     actor_devices, _ = host_devices(config)
     threads = config.actor_threads * len(actor_devices)
-    if config.num_envs % (threads * processes):
+    if config.actors == "ray":
+        _validate_ray(config, processes)
+        threads = config.num_actor_processes
+    elif config.num_envs % (threads * processes):
         raise ConfigError(
             f"--num_envs={config.num_envs} must be divisible by the {threads * processes} actor "
             f"thread(s) (--actor_threads={config.actor_threads} x {len(actor_devices)} actor "
@@ -357,6 +360,22 @@ def _validate_host(config: Config) -> None:
         _check_frame_replay(config, spec, threads)
         return
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
+
+
+def _validate_ray(config: Config, processes: int) -> None:
+    from dqnx.host_actors import fleet
+
+    fleet.import_ray(local=not config.ray_address)
+    if processes > 1:
+        raise ConfigError("--actors=ray runs one learner process (actors come from Ray)")
+    if config.actor_schedule != "fixed":
+        raise ConfigError("--actors=ray needs --actor_schedule=fixed")
+    if config.num_envs % config.num_actor_processes:
+        raise ConfigError(
+            f"--num_envs={config.num_envs} must be divisible by "
+            f"--num_actor_processes={config.num_actor_processes}"
+        )
+    fleet.check_address(config.ray_address)
 
 
 def _check_frame_replay(config: Config, spec, threads: int) -> None:

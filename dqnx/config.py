@@ -34,6 +34,7 @@ _CHOICES = {
     "compute_dtype": COMPUTE_DTYPES,
     "exploration": EXPLORATIONS,
     "actor_schedule": ("fixed", "async"),
+    "actors": ("threads", "ray"),
 }
 
 
@@ -47,6 +48,7 @@ _POSITIVE_INTS = (
     "num_seeds", "total_steps", "num_envs", "rollout_steps", "updates_per_iteration",
     "buffer_size", "batch_size", "target_update_period", "eval_episodes", "log_every",
     "keep_checkpoints", "num_processes", "n_step", "actor_sync_period", "actor_threads",
+    "num_actor_processes",
     "queue_size", "num_quantiles", "num_tau_samples", "num_tau_prime_samples",
     "num_quantile_samples",
 )  # fmt: skip
@@ -180,6 +182,12 @@ class Config:
         published after iteration i - 1 - actor_lag, waiting for them; batches
         are ingested in actor order: the same run whatever the load) or "async"
         (the newest published parameters, batches as they arrive).
+      actors: host actors: "threads" (in this process) or "ray" (Ray actor
+        processes, on this machine or a Ray cluster: pip install 'dqnx[ray]').
+      num_actor_processes: --actors=ray: actor processes, each stepping
+        num_envs / num_actor_processes environments (as that many threads would).
+      ray_address: --actors=ray: "" starts a local Ray instance for the run;
+        "auto" or HOST:PORT joins a running cluster.
       actor_lag: host actors, fixed schedule: iterations the acting parameters
         trail the learner by, beyond the one it is training on (0: actors wait
         for each iteration's parameters, no overlap).
@@ -283,6 +291,9 @@ class Config:
     apex_alpha: float = 7.0
     actor_sync_period: int = 1
     actor_schedule: str = "fixed"
+    actors: str = "threads"
+    num_actor_processes: int = 2
+    ray_address: str = neutral("")
     actor_lag: int = 1
     actor_threads: int = 2
     actor_devices: int = neutral(0)

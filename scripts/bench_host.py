@@ -68,7 +68,7 @@ def drain(program: HostActorProgram, seconds: float) -> float:
     (no joining or device transfer: that is the learner's work)."""
 
     def take():
-        for actor in range(len(program.queues)):
+        for actor in range(program.num_actors):
             program._take(actor)
 
     deadline = time.perf_counter() + 1.0  # warm-up

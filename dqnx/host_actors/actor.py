@@ -207,12 +207,20 @@ class ThreadActors:
         self.stop = threading.Event()
         self.threads: list[ActorThread] = []
         self._delay = delay
+        self.restarts = 0  # threads are never restarted (a failure stops the run)
+        self.inexact_from = None
 
-    def start(self, outboxes: list | None = None) -> None:
-        """Starts one thread per core; ``outboxes``: batches each sends first."""
+    def start(self, saved: list | None, first_batch: int) -> None:
+        """Starts one thread per core: fresh, with batch ``first_batch`` next, or
+        from ``saved`` (one ``{"core", "outbox"}`` of ``snapshot`` per core)."""
         for i, (core, out) in enumerate(zip(self.cores, self.queues, strict=True)):
             delay = None if self._delay is None else (lambda g=core.index: self._delay(g))
-            outbox = None if outboxes is None else outboxes[i]
+            outbox = None
+            if saved is None:
+                core.state["made"] = first_batch
+            else:
+                core.restore(saved[i]["core"])
+                outbox = saved[i]["outbox"]
             self.threads.append(ActorThread(core, self.server, out, self.stop, outbox, delay))
         for thread in self.threads:
             thread.start()

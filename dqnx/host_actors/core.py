@@ -113,6 +113,7 @@ class ActorCore:
         # Noisy layers' and IQN's draws: the actor's own key, folded with a count.
         self._key = jax.random.fold_in(jax.random.key(seed), 1_000 + index)
         self._action_dtype = np.uint8 if self.num_actions <= 256 else np.int32
+        self.seed = seed
         self.state = self._fresh_state(seed)
 
     # ---- state ---------------------------------------------------------------
@@ -130,6 +131,12 @@ class ActorCore:
             "pending": None,  # transitions not yet sent (leaves [M, ...])
             "stats": [0, 0.0, 0],  # episodes, return sum, length sum since the last batch
         }
+
+    def start_over(self, batch: int) -> None:
+        """Starts new episodes (the environments reset) with batch ``batch`` next:
+        what an actor does after its process was restarted."""
+        self.state = self._fresh_state(self.seed)
+        self.state["made"] = batch
 
     def snapshot(self) -> dict:
         """The core's state with its environments' (``env.get_state()``): plain

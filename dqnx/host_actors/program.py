@@ -86,7 +86,10 @@ class HostActorProgram:
         # Several processes: each runs its own share of the actors (threads and
         # environments), the learner spans every process's learner devices.
         self.processes, self.process = jax.process_count(), jax.process_index()
-        num_threads = config.actor_threads * len(actor_devices)  # in this process
+        # Actors in this process: threads, or Ray actor processes of this run.
+        num_threads = config.actor_threads * len(actor_devices)
+        if config.actors == "ray":
+            num_threads = config.num_actor_processes
         self.envs_per_thread = config.num_envs // (num_threads * self.processes)
         self.iteration_items = config.num_envs * config.rollout_steps  # all processes
         d = len(learner_devices)
@@ -140,6 +143,11 @@ class HostActorProgram:
             f"{num_threads} actor thread(s) x {self.envs_per_thread} envs on "
             f"{len(actor_devices)} device(s), learner on {d} device(s)"
         )
+        if config.actors == "ray":
+            self.where = (
+                f"{num_threads} Ray actor process(es) x {self.envs_per_thread} envs, learner "
+                f"on {d} device(s)"
+            )
         if self.processes > 1:
             self.where = f"{self.where} over {self.processes} processes (actors per process)"
         self.env_steps = 0
@@ -199,25 +207,23 @@ class HostActorProgram:
         """Starts this process's actors: fresh (their first batch is the next
         iteration), or continuing ``saved`` (``actors.snapshot()`` bytes)."""
         try:
+            saved = None if saved is None else snapshot.loads(saved)
             self.actors = self._make_actors()
-            outboxes = None
-            if saved is not None:
-                saved = snapshot.loads(saved)
-                for core, s in zip(self.actors.cores, saved, strict=True):
-                    core.restore(s["core"])
-                outboxes = [s["outbox"] for s in saved]
-            else:
-                for core in self.actors.cores:
-                    core.state["made"] = self.iteration
+            self.actors.start(saved, self.iteration)
+        except snapshot.SnapshotError:
+            raise
         except Exception as e:  # e.g. an environment that fails to start
             if self.processes == 1:
                 raise
             self._fail(f"starting the actors failed: {type(e).__name__}: {e}")
-            return
-        self.actors.start(outboxes)
 
-    def _make_actors(self) -> ThreadActors:
+    def _make_actors(self):
         config, n = self.config, self.num_actors
+        keep = config.actor_lag + 2  # the version of iteration i - 1 - lag and newer
+        if config.actors == "ray":
+            from dqnx.host_actors.fleet import RayActors
+
+            return RayActors(config, self.actor_schedule, n, config.ray_address, keep)
         cores = [
             make_core(
                 config,
@@ -230,9 +236,6 @@ class HostActorProgram:
             )  # fmt: skip
             for i in range(n)
         ]
-        # Versions an actor may still need: the one of iteration i - 1 - lag and every
-        # one published since (at most one per iteration).
-        keep = config.actor_lag + 2
         return ThreadActors(cores, self.actor_devices, keep, config.queue_size, self._delay)
 
     def _check_actors(self) -> None:
@@ -380,6 +383,13 @@ class HostActorProgram:
         n_updates = max(len(host) * updates, 1)
         stats["acted"] = self.actors.steps_taken() - steps_before
         stats["failed"] = self.failure is not None
+        if self.actors.inexact_from is not None and self.exact_resume:
+            self.exact_resume = False
+            self.exact_resume_problem = (
+                f"an actor process was restarted at env step "
+                f"{self.actors.inexact_from * self.iteration_items:,d}: its environments "
+                "started over"
+            )
         stats, failed = _over_processes(stats)
         self._stop_if_failed(failed)
         extra = {
@@ -388,6 +398,7 @@ class HostActorProgram:
             "queue_mean": stats["queue_sum"] / max(stats["queue_reads"], 1),
             "learner_wait_frac": stats["wait_s"] / self.processes / max(dt, 1e-9),
             "actor_sps": stats["acted"] / max(dt, 1e-9),
+            "actor_restarts": self.actors.restarts,
             "replay_ratio": (
                 self.num_updates * self.config.batch_size
                 / max(self.env_steps - self.schedule.prefill_steps, 1)
