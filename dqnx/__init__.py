@@ -1,10 +1,13 @@
 """dqnx: Actor-Learner DQN in JAX.
 
 Building blocks (pure functions, plain arguments): ``envs``, ``networks``,
-``losses``, ``replay``, ``prioritized``, ``nstep``, ``exploration``,
-``learner``, ``actor``. ``builder`` turns a ``Config`` into blocks;
-``compiled`` composes them into the compiled mode's program; ``shell.run``
-drives a program from the host.
+``heads``, ``layers``, ``noisy``, ``losses``, ``distributional``,
+``munchausen``, ``objectives``, ``replay``, ``prioritized``, ``frame_replay``,
+``nstep``, ``exploration``, ``learner``, ``actor``, ``parallel``,
+``checkpoint``; host environments and actors in ``host_envs`` and
+``host_actors``. ``builder`` turns a ``Config`` into blocks; ``compiled``
+composes them into the compiled mode's program; ``shell.run`` drives a program
+from the host.
 
 ``Config`` and ``ConfigError`` are plain Python; everything else (JAX, Flax)
 loads on first use, so the command line answers a bad flag in a fraction of a
@@ -18,7 +21,12 @@ from dqnx.errors import ConfigError
 
 __version__ = "0.1.0"
 
-_MODULES = ("actor", "builder", "envs", "exploration", "learner", "losses", "networks", "replay")
+_MODULES = (
+    "actor", "builder", "checkpoint", "compiled", "distributional", "envs", "exploration",
+    "frame_replay", "heads", "host_actors", "host_envs", "layers", "learner", "losses",
+    "munchausen", "networks", "noisy", "nstep", "objectives", "parallel", "prioritized",
+    "replay", "shell", "sweep",
+)  # fmt: skip
 _ATTRIBUTES = {"make_train": ("dqnx.compiled", "make_train"), "run": ("dqnx.shell", "run")}
 
 __all__ = ["Config", "ConfigError", *_MODULES, "make_train", "run"]

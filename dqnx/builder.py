@@ -363,9 +363,9 @@ def _validate_host(config: Config) -> None:
 
 
 def _validate_ray(config: Config, processes: int) -> None:
-    from dqnx.host_actors import fleet
+    from dqnx.host_actors import ray_setup
 
-    fleet.import_ray(local=not config.ray_address)
+    ray_setup.import_ray(local=not config.ray_address)
     if processes > 1:
         raise ConfigError("--actors=ray runs one learner process (actors come from Ray)")
     if config.actor_schedule != "fixed":
@@ -375,7 +375,7 @@ def _validate_ray(config: Config, processes: int) -> None:
             f"--num_envs={config.num_envs} must be divisible by "
             f"--num_actor_processes={config.num_actor_processes}"
         )
-    fleet.check_address(config.ray_address)
+    ray_setup.check_address(config.ray_address)
 
 
 def _check_frame_replay(config: Config, spec, threads: int) -> None:

@@ -128,7 +128,9 @@ class Config:
       double_q: Double DQN target (van Hasselt et al., 2016); False is vanilla max.
       loss: "huber" or "mse" on the TD error.
       huber_delta: Huber loss threshold.
-      network: "mlp", "minatar_cnn" or "auto" (CNN for image observations).
+      network: "mlp", "minatar_cnn", "nature_cnn", "impala_cnn" or "auto" (the
+        Nature CNN for channel-first image stacks such as Atari's, the MinAtar CNN
+        for other [H, W, C] inputs, else the MLP).
       hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
       dueling: dueling value/advantage head (Wang et al., 2016).
       conv_impl: the MinAtar CNN's convolution: "patches" (one matmul over im2col

@@ -48,9 +48,9 @@ _NEEDS_PYGAME = ("Acrobot-v1", "CartPole-v1", "MountainCar-v0")
 
 class _Loaded(NamedTuple):
     config: Any
-    fns: Any  # compiled.TrainFns
-    programs: Any  # compiled.Compiled
-    state: Any  # compiled.TrainState
+    fns: Any  # compiled.TrainFns (None for a host-actor run)
+    programs: Any  # compiled.Compiled, or the host-actor run's HostActorProgram
+    state: Any  # compiled.TrainState, or host_actors.HostLearnerState
     step: int
 
 
@@ -88,6 +88,13 @@ def _load(workdir: Path, config, step) -> _Loaded:
         step = resumer.pick()
         if step is None:
             raise checkpoint.CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}")
+        if builder.uses_host_actors(config):  # host environments: the host program plays
+            from dqnx.host_actors import HostActorProgram
+
+            program = HostActorProgram(config)
+            state, step = resumer.restore(program.checkpoint_template(), step)
+            program.state, program.env_steps = state, int(step)
+            return _Loaded(config, None, program, state, int(step))
         fns = compiled.make_train(config, layout=builder.choose_layout(config))
         programs = compiled.compile_train(fns, training=False)
         state, step = resumer.restore(programs.initial_state, step)
@@ -101,7 +108,10 @@ def _evaluate_loaded(run: _Loaded, workdir: Path) -> dict:
 
     from dqnx import parallel
 
-    returns = np.asarray(parallel.to_host(run.programs.evaluate(run.state)))
+    if run.fns is None:  # a host-actor run: [1, episodes] played on host environments
+        returns = run.programs.evaluate()
+    else:
+        returns = np.asarray(parallel.to_host(run.programs.evaluate(run.state)))
     result = {
         "env_steps": run.step,
         "episodes": run.config.eval_episodes,

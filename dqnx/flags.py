@@ -96,7 +96,10 @@ def main(argv: list[str], all_cpu_cores: bool = False) -> int:
     try:
         flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e).removeprefix("ERROR:: ")  # absl's prefix on flagfile errors
+        if message.startswith("Unable to open flagfile: "):
+            message = "cannot read --flagfile: " + message.split("] ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         return 2
     try:
         # Each field's own checks first: plain Python, before JAX is imported.

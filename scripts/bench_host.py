@@ -3,6 +3,8 @@
   python scripts/bench_host.py --flagfile=experiments/configs/breakout_minatar_host.flags \
       [--seconds=20] [--out=bench_host.json]
 
+With ``--actors=ray``: the fleet beside as many actor threads (``bench_fleet``).
+
 For the config (``--env_name`` a host environment), on this machine's device
 split (actor device(s) and learner device(s) as the run would use them):
 
@@ -286,6 +288,12 @@ def main(argv):
         f"{info['load_avg_1m']:.1f} at start; {config.num_envs} envs, {config.actor_threads} "
         f"actor thread(s) per actor device, replay ratio {config.replay_ratio:g}"
     )
+    if config.actors == "ray":
+        import bench_fleet
+
+        result = bench_fleet.main(config, seconds, info)
+        benchlib.write_json(flags.FLAGS.out, result)
+        return result
     result = {"config": config.to_dict(), "machine": info}
     parts = (actors_alone, bare_loop, learner_alone, pipeline, pipeline_async)
     if not config.frame_replay:

@@ -442,12 +442,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", help="run directories (DIR+DIR+... pools seeds)")
     parser.add_argument("--sweep", action="store_true", help="DIR is a sweep: sensitivity plot")
     parser.add_argument("--top", type=int, default=10, help="--sweep: configurations in the table")
-    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="PNG to write (default: curves.png, or sensitivity.png with --sweep, in the "
+        "first run's directory)",
+    )  # fmt: skip
     parser.add_argument("--labels", default="", help="comma-separated legend labels")
     parser.add_argument("--metric", default="eval_return", help="per-seed metric to plot")
     parser.add_argument("--table", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--title", default="", help="plot title")
     args = parser.parse_args(argv)
+    if args.out is None:  # next to the (first) run, never into the working directory
+        first = Path(args.dirs[0].split("+")[0])
+        args.out = first / ("sensitivity.png" if args.sweep else "curves.png")
     if args.sweep:
         return main_sweep(args)
 

@@ -9,7 +9,8 @@ from dqnx import builder
 from dqnx import flags as dqnx_flags
 from dqnx.config import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.flags"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.flags"))
 
 
 def parse(*args):
@@ -134,3 +135,19 @@ def test_minatar_flagfiles_differ_only_in_the_game(suffix):
     base = configs["breakout"].replace(env_name="")
     for game, c in configs.items():
         assert c.replace(env_name="") == base, game
+
+
+def test_help_names_every_network_and_a_missing_flagfile_is_one_line(tmp_path):
+    import subprocess
+
+    run = [sys.executable, str(ROOT / "experiments" / "run.py")]
+    r = subprocess.run([*run, "--help"], capture_output=True, text=True)
+    line = " ".join(r.stdout.split("--network:")[1].split("(default")[0].split())
+    for name in ("mlp", "minatar_cnn", "nature_cnn", "impala_cnn", "auto"):
+        assert f'"{name}"' in line, line
+    r = subprocess.run([*run, f"--flagfile={tmp_path / 'nope.flags'}"], capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot read --flagfile: No such file or directory: '{tmp_path / 'nope.flags'}'"
+    ]

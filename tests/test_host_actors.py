@@ -182,6 +182,15 @@ def test_host_mode_writes_the_contract_files(tmp_path):
     assert last["replay_ratio"] == pytest.approx(32 / 4)  # 1 update of 32 per 4 transitions
     assert 0 < last["eval_return"][0] <= 60
     assert (tmp_path / "checkpoints" / "1600").is_dir()
+    # The run's checkpoint plays again through `python -m dqnx.evaluate`.
+    r = subprocess.run(
+        [sys.executable, "-m", "dqnx.evaluate", f"--workdir={tmp_path}", "--episodes=3"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "@ env step 1,600: return" in r.stdout
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["episodes"] == 3 and 0 < evaluation["return_mean"] <= 60
 
 
 def test_host_mode_resumes_after_kill(tmp_path):
@@ -399,3 +408,7 @@ def test_atari_frame_replay_run(tmp_path):
     assert -21 <= summary["eval_return_per_seed"][0] <= 21
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"][0]) for r in records)
+    from dqnx import evaluate
+
+    result = evaluate.evaluate(tmp_path, episodes=1)  # an ALE run evaluates too
+    assert result["env_steps"] == 256 and -21 <= result["return_mean"] <= 21

@@ -68,6 +68,11 @@ def test_same_digest_under_any_timing(tmp_path, name, threads):
     # Another seed is another run.
     other = run(tmp_path / "other", name, threads, seed=1)
     assert other["params_digest"] != quiet["params_digest"]
+    if threads == 1:  # the run's checkpoint evaluates (MinAtar and Gymnasium)
+        from dqnx import evaluate
+
+        result = evaluate.evaluate(tmp_path / "quiet", episodes=2)
+        assert result["env_steps"] == 1_600 and np.isfinite(result["return_mean"])
 
 
 def test_async_schedule_runs_and_says_it_cannot_resume_exactly(tmp_path):

@@ -292,3 +292,12 @@ def test_names_options_and_missing_packages(monkeypatch):
             with pytest.raises(ConfigError, match=re.escape(f"pip install '{extra}'")) as e:
                 check_host_env_name(name)
             assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name,suggestion", [("ALE/Pong-v5", "ale:pong"), ("ALE/SpaceInvaders-v5", "ale:space_invaders")]
+)
+def test_gymnasium_atari_names_point_to_ale(name, suggestion):
+    pytest.importorskip("gymnasium")
+    with pytest.raises(ConfigError, match=f"--env_name={suggestion}$"):
+        check_host_env_name(f"gymnasium:{name}")

@@ -112,3 +112,16 @@ def test_the_graph_reader_sees_lazy_imports():
     dependency): builder's lazy import of sweep is an edge."""
     assert "dqnx.sweep" in graph()["dqnx.builder"]
     assert "dqnx.errors" in graph()["dqnx.envs"]
+
+
+def test_every_public_block_is_an_attribute_of_the_package():
+    """``import dqnx; dqnx.NAME`` works for every name in ``__all__`` (the lazy
+    loader knows each), and each listed module exists."""
+    import importlib
+
+    import dqnx
+
+    for name in dqnx.__all__:
+        assert getattr(dqnx, name) is not None, name
+    for name in ("prioritized", "nstep", "objectives", "host_actors", "frame_replay"):
+        assert getattr(dqnx, name) is importlib.import_module(f"dqnx.{name}")

@@ -155,3 +155,14 @@ def test_pooled_runs_join_their_seeds(tmp_path):
     curve = plot.load_pooled(f"{tmp_path / 's0'}+{tmp_path / 's1'}", label="both")
     assert curve.label == "both" and curve.steps.tolist() == [10, 20]
     assert curve.values.tolist() == [[10.0, 30.0], [20.0, 60.0]]
+
+
+def test_main_writes_next_to_the_run_by_default(tmp_path, monkeypatch, capsys):
+    a = _write_run(tmp_path / "a", "CartPole-v1", eval_offset=0.0)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert plot.main([str(a)]) == 0
+    assert (a / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not list(elsewhere.iterdir())  # nothing in the working directory
+    assert f"wrote {a / 'curves.png'}" in capsys.readouterr().out

@@ -38,21 +38,36 @@ def cli_env(tmp_path_factory):
     return env
 
 
+def _pids(pattern: str) -> set[int]:
+    r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return {int(p) for p in r.stdout.split()}
+
+
 @pytest.fixture(scope="module")
 def head(cli_env, tmp_path_factory):
-    """A Ray head on 127.0.0.1 (token authentication, as a cluster should run);
-    yields (address, the environment its clients need)."""
+    """A two-node Ray cluster on 127.0.0.1, the Ape-X shape: a head with no CPUs
+    for actors (where the learner runs) and a worker node with 4 (token
+    authentication, as a cluster should run). Yields (address, the environment
+    its clients need, the worker node's raylet pid)."""
     env = dict(cli_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     port = 6400 + os.getpid() % 500
     temp = Path("/tmp") / f"dqnx-test-ray-{os.getpid()}"
     r = subprocess.run(
         ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--include-dashboard=false", "--num-cpus=4", f"--temp-dir={temp}"],
+         "--include-dashboard=false", "--num-cpus=0", f"--temp-dir={temp}"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+    head_raylets = _pids("raylet/raylet")
+    r = subprocess.run(
+        ["ray", "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=4"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (worker_raylet,) = _pids("raylet/raylet") - head_raylets
     try:
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, worker_raylet
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
         subprocess.run(["rm", "-rf", str(temp)])
@@ -69,15 +84,32 @@ def summary(workdir):
     return json.loads((workdir / "summary.json").read_text())
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def test_a_ray_fleet_makes_the_thread_run(tmp_path, head):
-    address, env = head
+    """On the worker node (the head has no CPUs for actors), the fleet's batches
+    are the threads' own: the same digest, before and after a resume."""
+    address, env, worker_raylet = head
     threads = cli("--total_steps=1600", "--actor_threads=2", f"--workdir={tmp_path / 't'}",
                   env=env)  # fmt: skip
     assert threads.returncode == 0, threads.stderr[-2000:]
-    fleet = cli("--total_steps=1600", "--actors=ray", "--num_actor_processes=2",
-                f"--ray_address={address}", f"--workdir={tmp_path / 'r'}", env=env)  # fmt: skip
-    assert fleet.returncode == 0, fleet.stderr[-2000:]
-    assert "2 Ray actor process(es) x 2 envs" in fleet.stdout
+    fleet = subprocess.Popen(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), *FLAGS, "--total_steps=1600",
+         "--actors=ray", "--num_actor_processes=2", f"--ray_address={address}",
+         f"--workdir={tmp_path / 'r'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = [""]
+    while not seen[-1].startswith("steps ") and fleet.poll() is None:
+        seen.append(fleet.stdout.readline())
+    actors = _pids("ray::_RemoteActor")
+    out, err = fleet.communicate(timeout=240)
+    assert fleet.returncode == 0, err[-2000:]
+    assert actors and {_parent(p) for p in actors} == {worker_raylet}  # placed on the worker
+    assert "2 Ray actor process(es) x 2 envs" in "".join(seen)
     assert summary(tmp_path / "r")["params_digest"] == summary(tmp_path / "t")["params_digest"]
     # Resumed (the actors' cores and undelivered batches in the checkpoint): still exact.
     more = cli("--total_steps=2400", "--actors=ray", "--num_actor_processes=2",
@@ -96,7 +128,7 @@ def _actor_pids() -> list[int]:
 
 
 def test_a_killed_actor_process_is_restarted_and_the_run_finishes(tmp_path, head):
-    address, env = head
+    address, env, _ = head
     before = set(_actor_pids())
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "experiments" / "run.py"), *FLAGS, "--total_steps=12000",

@@ -47,6 +47,13 @@ def import_gymnasium():
 
 def check_name(env_id: str) -> None:
     gymnasium = import_gymnasium()
+    if env_id.startswith("ALE/"):  # Atari goes through ale-py's vector env
+        game = env_id[4:].split("-")[0]
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in game).lstrip("_")
+        raise ConfigError(
+            f"gymnasium:{env_id}: Atari games run through ale-py's vector environment: "
+            f"--env_name=ale:{snake}"
+        )
     if env_id not in gymnasium.envs.registry:
         names = ["gymnasium:" + k for k in gymnasium.envs.registry]
         raise ConfigError(
