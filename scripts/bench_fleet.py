@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import time
 
-import bench_host
 import numpy as np
 
 from dqnx.host_actors import HostActorProgram
@@ -45,7 +44,7 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def actors_alone(config, seconds: float, name: str) -> dict:
+def actors_alone(host, config, seconds: float, name: str) -> dict:
     """Greedy acting with one version: no learning starts, parameters never change."""
     program = HostActorProgram(config.replace(learning_starts=0, actor_sync_period=10**9))
     try:
@@ -54,7 +53,7 @@ def actors_alone(config, seconds: float, name: str) -> dict:
         pids = getattr(program.actors, "pids", None)
         c0 = _proc_cpu_s(pids) if pids else None
         t0 = time.perf_counter()
-        sps = bench_host.drain(program, seconds)
+        sps = host.drain(program, seconds)
         out = {f"{name}_actors_sps": sps, f"{name}_actors_sps_per_actor": sps / program.num_actors}
         if pids:
             dt = time.perf_counter() - t0
@@ -71,7 +70,8 @@ def actors_alone(config, seconds: float, name: str) -> dict:
     return out
 
 
-def main(config, seconds: float, info: dict) -> dict:
+def main(host, config, seconds: float, info: dict) -> dict:
+    """``host``: the ``bench_host`` module (its parts, run here for both backends)."""
     n = config.num_actor_processes
     threads = config.replace(actors="threads", actor_threads=n, actor_devices=1)
     print(
@@ -81,11 +81,11 @@ def main(config, seconds: float, info: dict) -> dict:
     )
     result = {"config": config.to_dict(), "machine": info}
     parts = (
-        lambda: actors_alone(config, seconds, "ray"),
-        lambda: actors_alone(threads, seconds, "threads"),
-        lambda: bench_host.learner_alone(threads, seconds),
-        lambda: bench_host.pipeline(config, seconds, name="ray_pipeline"),
-        lambda: bench_host.pipeline(threads, seconds, name="threads_pipeline"),
+        lambda: actors_alone(host, config, seconds, "ray"),
+        lambda: actors_alone(host, threads, seconds, "threads"),
+        lambda: host.learner_alone(threads, seconds),
+        lambda: host.pipeline(config, seconds, name="ray_pipeline"),
+        lambda: host.pipeline(threads, seconds, name="threads_pipeline"),
     )
     for part in parts:
         out = part()

@@ -291,7 +291,7 @@ def main(argv):
     if config.actors == "ray":
         import bench_fleet
 
-        result = bench_fleet.main(config, seconds, info)
+        result = bench_fleet.main(sys.modules[__name__], config, seconds, info)
         benchlib.write_json(flags.FLAGS.out, result)
         return result
     result = {"config": config.to_dict(), "machine": info}

@@ -84,9 +84,12 @@ def summary(workdir):
     return json.loads((workdir / "summary.json").read_text())
 
 
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:  # gone meanwhile
+        return None
 
 
 def test_a_ray_fleet_makes_the_thread_run(tmp_path, head):
@@ -105,10 +108,10 @@ def test_a_ray_fleet_makes_the_thread_run(tmp_path, head):
     seen = [""]
     while not seen[-1].startswith("steps ") and fleet.poll() is None:
         seen.append(fleet.stdout.readline())
-    actors = _pids("ray::_RemoteActor")
+    parents = {_parent(p) for p in _pids("ray::_RemoteActor")} - {None}
     out, err = fleet.communicate(timeout=240)
     assert fleet.returncode == 0, err[-2000:]
-    assert actors and {_parent(p) for p in actors} == {worker_raylet}  # placed on the worker
+    assert parents == {worker_raylet}  # the actors run on the worker node
     assert "2 Ray actor process(es) x 2 envs" in "".join(seen)
     assert summary(tmp_path / "r")["params_digest"] == summary(tmp_path / "t")["params_digest"]
     # Resumed (the actors' cores and undelivered batches in the checkpoint): still exact.

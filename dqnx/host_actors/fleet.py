@@ -9,11 +9,13 @@ same digest either way.
 The learner puts each parameter version into Ray's object store once
 (``ray.put``); a request for batch ``b`` names the version the schedule gives it
 (``ActorSchedule.version_for(b)``) and carries a reference to it, which the
-actor fetches only when the version changes. Requests are issued as soon as
-their version is published, at most ``lag + 2`` per actor in flight (the
-actors run ahead of the learner by the schedule's lag and no further: memory
-stays flat when the learner is slow). Ray runs an actor's requests in the order
-issued.
+actor fetches only when the version changes. Batches are asked for as soon as
+their version is published, at most ``lag + 2`` per actor made or in flight
+(the actors run ahead of the learner by the schedule's lag and no further:
+memory stays flat when the learner is slow), consecutive ones in one request:
+a request costs about a millisecond of CPU, so a larger ``--actor_lag`` (more
+batches askable at once) buys fewer round trips. Ray runs an actor's requests
+in the order issued.
 
 A process that dies is restarted by Ray (``max_restarts=-1``); the learner
 re-issues its requests from the batch it was waiting for, logs one line and
@@ -96,6 +98,12 @@ class _RemoteActor:
         if batch.index != index:
             raise RuntimeError(f"actor {self.core.index} made batch {batch.index}, asked {index}")
         return batch
+
+    def batches(self, first: int, versions: list[int], boxes: dict) -> list[ActorBatch]:
+        """Batches ``first, first + 1, ...``, one per entry of ``versions`` (the
+        version each acts with; ``boxes[version][0]``: its reference): one request
+        for several batches costs one round trip."""
+        return [self.batch(first + k, v, boxes.get(v)) for k, v in enumerate(versions)]
 
     def snapshot(self) -> bytes:
         return snapshot.dumps({"core": self.core.snapshot(), "outbox": self.outbox})
@@ -223,7 +231,7 @@ class RayActors:
         self._keep = keep
         self._refs: dict[int, object] = {}  # version -> object ref
         self.version = RANDOM
-        self._depth = schedule.lag + 2  # requests in flight per actor
+        self._depth = schedule.lag + 2  # batches made or asked for, per actor
         self._say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.restarts = 0
         self.inexact_from: int | None = None  # the batch from which the run is not exact
@@ -261,15 +269,22 @@ class RayActors:
         return self._refs[max(older) if older else min(self._refs)]
 
     def _issue(self) -> None:
+        """Requests, for every actor, the batches whose version is published, up to
+        ``depth`` made or in flight: consecutive ones in one request."""
         for i, handle in enumerate(self.handles):
-            while len(self._flight[i]) + len(self._ready[i]) < self._depth:
-                b = self._next[i]
-                version = self.schedule.version_for(b)
+            b = self._next[i]
+            room = self._depth - len(self._ready[i]) - sum(n for _, n, _ in self._flight[i])
+            versions = []
+            while len(versions) < room:
+                version = self.schedule.version_for(b + len(versions))
                 if version != RANDOM and version > self.version:
                     break  # not published yet
-                box = [None if version == RANDOM else self._ref_for(version)]
-                self._flight[i].append((b, handle.batch.remote(b, version, box)))
-                self._next[i] = b + 1
+                versions.append(version)
+            if versions:
+                boxes = {v: [self._ref_for(v)] for v in set(versions) if v != RANDOM}
+                ref = handle.batches.remote(b, versions, boxes)
+                self._flight[i].append((b, len(versions), ref))
+                self._next[i] = b + len(versions)
 
     # ---- the backend interface ---------------------------------------------------
     def publish(self, params, version: int) -> None:
@@ -286,12 +301,12 @@ class RayActors:
             self._issue()
             if not self._flight[actor]:
                 return None
-        b, ref = self._flight[actor][0]
+        b, _, ref = self._flight[actor][0]
         done, _ = self.ray.wait([ref], timeout=timeout)
         if not done:
             return None
         try:
-            batch = self.ray.get(ref)
+            batches = self.ray.get(ref)
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError) as e:
             self._restart(actor, b, e)
             return None
@@ -299,6 +314,8 @@ class RayActors:
             self._problem = f"Ray actor {actor} failed: {str(e).strip().splitlines()[-1]}"
             return None
         self._flight[actor].popleft()
+        self._ready[actor].extend(batches)
+        batch = self._ready[actor].popleft()
         self._issue()
         return self._count(batch)
 
@@ -351,8 +368,8 @@ class RayActors:
         are awaited and kept here for ``take``)."""
         for i in range(self.n):
             while self._flight[i]:
-                _, ref = self._flight[i].popleft()
-                self._ready[i].append(self.ray.get(ref))
+                _, _, ref = self._flight[i].popleft()
+                self._ready[i].extend(self.ray.get(ref))
         blobs = self.ray.get([h.snapshot.remote() for h in self.handles])
         saved = []
         for i, blob in enumerate(blobs):
