@@ -417,11 +417,19 @@ def validate(config: Config) -> Config:
         return config
     if config.env_options:
         raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    envs.check_env_name(config.env_name)
+    _check_env_name(config.env_name)
     choose_layout(config)
     spec = make_env(config).spec
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
     return config
+
+
+def _check_env_name(name: str) -> None:
+    """``envs.check_env_name`` in the command line's words (the flag named)."""
+    try:
+        envs.check_env_name(name)
+    except ConfigError as e:
+        raise ConfigError(f"--env_name={name}: {e}") from None
 
 
 def _validate_sweep(config: Config) -> Config:
@@ -432,7 +440,7 @@ def _validate_sweep(config: Config) -> Config:
     plan = sweep.plan(config)
     if config.env_options:
         raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    envs.check_env_name(config.env_name)
+    _check_env_name(config.env_name)
     spec = make_env(config).spec
     for program in plan.programs:
         choose_layout(program.config.replace(num_seeds=len(program.runs)))

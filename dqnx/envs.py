@@ -127,14 +127,16 @@ def check_env_name(name: str) -> None:
     gymnax = import_gymnax()
 
     if name in _NEEDS_DOWNLOAD:
-        raise ConfigError(f"--env_name={name} downloads a data set at start; not supported")
+        raise ConfigError(f"gymnax environment {name} downloads a data set at start; not supported")
     if name not in gymnax.registered_envs:
-        raise ConfigError(f"unknown --env_name={name!r}{suggest(name, gymnax.registered_envs)}")
+        raise ConfigError(
+            f"unknown gymnax environment {name!r}{suggest(name, gymnax.registered_envs)}"
+        )
     from gymnax.environments import spaces
 
     env, params = gymnax.make(name)
     if not isinstance(env.action_space(params), spaces.Discrete):
-        raise ConfigError(f"--env_name={name} has a continuous action space; DQN needs discrete")
+        raise ConfigError(f"gymnax environment {name} has continuous actions; DQN needs discrete")
 
 
 def bounds_scaling(name: str, low, high) -> tuple[np.ndarray, np.ndarray]:

@@ -103,7 +103,7 @@ def test_per_field_checks_need_no_environment_or_devices():
     """``Config.validate`` checks fields alone; the env name is checked by the builder."""
     config = dqnx.Config(env_name="NoSuchEnv-v0")
     assert config.validate() is config
-    with pytest.raises(ConfigError, match="unknown --env_name='NoSuchEnv-v0'"):
+    with pytest.raises(ConfigError, match="--env_name=NoSuchEnv-v0: unknown gymnax environment"):
         builder.validate(config)
 
 

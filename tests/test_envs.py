@@ -156,3 +156,10 @@ def test_normalize_obs_maps_bounded_components_onto_unit_interval():
                                rtol=1e-5)  # fmt: skip
     with pytest.raises(ConfigError, match="normalize_obs"):
         envs.make("Breakout-MinAtar", normalize_obs=True)
+
+
+def test_block_errors_speak_library_words():
+    """``envs.make`` names the environment, not a command-line flag."""
+    with pytest.raises(ConfigError, match=r"^unknown gymnax environment 'CartPole-v0'") as e:
+        envs.make("CartPole-v0")
+    assert "--" not in str(e.value)
