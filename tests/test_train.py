@@ -431,3 +431,13 @@ def test_compile_train_evaluates_like_the_program_it_defers(tiny_fns):
     np.testing.assert_array_equal(np.asarray(programs.evaluate(state)), np.asarray(direct))
     assert programs.evaluate.seconds() > 0
     assert compiled.compile_train(tiny_fns, training=False).evaluate is not None
+
+
+def test_progress_ends_on_the_last_whole_iteration(tmp_path, capsys):
+    """total_steps=1,000 in iterations of 4 envs x 3 steps ends at 1,008: the progress
+    line says 1,008/1,008 (100.0%), not 1,008/1,000 (100.8%)."""
+    config = TINY.replace(num_seeds=1, rollout_steps=3, total_steps=1_000, log_every=300)
+    summary = shell.run(config, tmp_path, quiet=False)
+    assert summary["env_steps_per_seed"] == 1_008
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("steps ")]
+    assert "1,008/1,008 (100.0%)" in lines[-1]

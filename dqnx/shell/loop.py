@@ -256,8 +256,10 @@ class _Loop:
         config, program = self.config, self.program
         schedule = program.schedule
         with SignalFlag() as signals:
+            # Runs end on whole iterations: total_steps rounded up to the last one.
+            end = schedule.prefill_steps + schedule.train_iterations * schedule.steps_per_iteration
             self.progress = Progress(
-                config.total_steps,
+                end,
                 initial=resume_step or 0,
                 enabled=self.is_main and not self.quiet,
             )
@@ -316,7 +318,7 @@ class _Loop:
         record["wall_s"] = time.perf_counter() - self.t_start
         self.writer.write(record)
         sps_avg = self.steps_this_process * seeds / max(self.train_s, 1e-9)
-        eta_s = max(config.total_steps - env_steps, 0) * seeds / sps_avg
+        eta_s = max(self.progress.total_steps - env_steps, 0) * seeds / sps_avg
         self.progress.update(record, eta_s=eta_s)
         return env_steps
 
