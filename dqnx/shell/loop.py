@@ -253,7 +253,7 @@ class _Loop:
 
     def run(self, resumer: Resumer) -> dict:
         resume_step = self.start(resumer)
-        config, program = self.config, self.program
+        program = self.program
         schedule = program.schedule
         with SignalFlag() as signals:
             # Runs end on whole iterations: total_steps rounded up to the last one.
