@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from dqnx import nstep as nstep_lib
 from dqnx.host_actors.evaluation import greedy_actions
@@ -34,6 +35,14 @@ from dqnx.types import Transition
 
 #: ``version_for(b)`` of a batch acted uniformly at random (nothing published yet).
 RANDOM = -1
+
+
+def flat_params(network, example_obs) -> tuple[Callable, Callable]:
+    """``(flatten, unravel)`` of ``network``'s parameters: ``flatten`` (jitted)
+    makes one flat vector (a new buffer), ``unravel`` turns it back (inside jit)."""
+    shapes = jax.eval_shape(network.init, jax.random.key(0), example_obs)
+    _, unravel = ravel_pytree(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes))
+    return jax.jit(lambda params: ravel_pytree(params)[0]), unravel
 
 
 class ActorBatch(NamedTuple):
@@ -83,6 +92,9 @@ class ActorCore:
         step's newest frame once; the replay builds stacks and n-step returns)
         instead of transitions. Needs stacked-frame observations ``[N, S, H, W]``
         and a same-step environment.
+      unravel: ``flat -> params`` where parameters arrive as one flat vector
+        (``flat_params``: one transfer per version instead of one per leaf);
+        None: they arrive as the network's pytree.
     """
 
     def __init__(
@@ -100,6 +112,7 @@ class ActorCore:
         seed: int,
         clip_rewards: bool = False,
         frames: bool = False,
+        unravel: Callable | None = None,
     ):
         self.index, self.env, self.device = index, env, device
         self.epsilon, self.version_for = epsilon, version_for
@@ -108,7 +121,7 @@ class ActorCore:
         self.num_envs = env.num_envs
         self.num_actions = env.spec.num_actions
         self.batch_items = self.num_envs * rollout_steps
-        self._greedy = greedy_actions(network, deterministic=False)
+        self._greedy = greedy_actions(network, deterministic=False, unravel=unravel)
         self._push = jax.jit(nstep_lib.push)
         # Noisy layers' and IQN's draws: the actor's own key, folded with a count.
         self._key = jax.random.fold_in(jax.random.key(seed), 1_000 + index)

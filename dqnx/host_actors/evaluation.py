@@ -9,13 +9,16 @@ import numpy as np
 from dqnx import networks
 
 
-def greedy_actions(network, *, deterministic: bool):
+def greedy_actions(network, *, deterministic: bool, unravel=None):
     """Jitted ``(params, obs [N, ...], key, step) -> argmax actions [N]`` of any
     Q-network (``networks.q_values``): C51's expectation, QR's and IQN's quantile
     means, noisy layers with noise drawn from ``fold_in(key, step)`` (or their means
-    when ``deterministic``). A plain head ignores the key."""
+    when ``deterministic``). A plain head ignores the key. ``unravel``: params
+    come as one flat vector, turned back into the pytree inside the jit."""
 
     def greedy(params, obs, key, step):
+        if unravel is not None:
+            params = unravel(params)
         key = jax.random.fold_in(key, step)
         q = networks.q_values(network, params, obs, key, deterministic=deterministic)
         return jnp.argmax(q, axis=-1)

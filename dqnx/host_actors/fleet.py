@@ -45,9 +45,10 @@ import threading
 import time
 
 import jax
+import numpy as np
 
 from dqnx.host_actors import snapshot
-from dqnx.host_actors.core import RANDOM, ActorBatch
+from dqnx.host_actors.core import RANDOM, ActorBatch, flat_params
 from dqnx.host_actors.ray_setup import import_ray
 
 #: Seconds the learner waits for Ray to restart a dead actor process.
@@ -77,7 +78,10 @@ class _RemoteActor:
         probe.close()
         network = builder.make_network(config, spec.obs_shape, spec.num_actions)
         self.device = jax.devices("cpu")[0]
-        self.core = make_core(config, schedule, index, network, self.device, make_env)
+        _, unravel = flat_params(network, np.zeros((1, *spec.obs_shape), spec.obs_dtype))
+        self.core = make_core(
+            config, schedule, index, network, self.device, make_env, unravel=unravel
+        )
         self.outbox: list[ActorBatch] = []
         if saved is not None:
             saved = snapshot.loads(saved)

@@ -49,6 +49,7 @@ from dqnx.config import Config
 from dqnx.frame_replay import FrameStep
 from dqnx.host_actors import snapshot
 from dqnx.host_actors.actor import ThreadActors
+from dqnx.host_actors.core import flat_params
 from dqnx.host_actors.evaluation import evaluate_greedy
 from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
 from dqnx.host_actors.schedule import ActorSchedule, make_core
@@ -155,6 +156,8 @@ class HostActorProgram:
         # Versions an actor may still need: the one of iteration i - 1 - lag and every
         # one published since (at most one per iteration).
         self.actor_schedule = ActorSchedule.of(config, self.envs_per_thread)
+        # Versions go to the actors as one flat vector: one transfer, not one per leaf.
+        self._flatten, self._unravel = flat_params(self.network, jnp.asarray(obs0[None]))
         self.num_actors = num_threads  # in this process
         self.actors = None  # the backend, once started
         self.compile_s = time.perf_counter() - t0
@@ -233,6 +236,7 @@ class HostActorProgram:
                 self.actor_devices[i // config.actor_threads],
                 self._make_env,
                 env_steps=lambda: self.env_steps,
+                unravel=self._unravel,
             )  # fmt: skip
             for i in range(n)
         ]
@@ -311,7 +315,8 @@ class HostActorProgram:
         # The parameters are replicated: each process publishes its own copy.
         if self.actors is None:  # they failed to start (several processes)
             return
-        self.actors.publish(parallel.local_copy(self.state.learner.params), self.num_updates)
+        params = parallel.local_copy(self.state.learner.params)
+        self.actors.publish(self._flatten(params), self.num_updates)
 
     # ---- the Program interface ----------------------------------------------
     def checkpoint_template(self):

@@ -76,11 +76,13 @@ def make_core(
     device,
     make_env: Callable,
     env_steps: Callable[[], int] | None = None,
+    unravel: Callable | None = None,
 ) -> ActorCore:
     """Actor ``index`` (over all processes) of ``config``: its environments
     (``make_env(n, seed)``, seeded by the run's seed and ``index``), its Ape-X
     epsilon slice, the schedule's versions; ``env_steps`` (the learner's count
-    now) drives epsilon in the free-running schedule."""
+    now) drives epsilon in the free-running schedule; ``unravel``: parameters
+    are published as one flat vector (``core.flat_params``)."""
     n = schedule.envs_per_actor
     epsilons = builder.make_schedules(config).epsilon
     cache: dict = {}
@@ -101,5 +103,6 @@ def make_core(
         epsilon,
         schedule.version_for if schedule.fixed else None,
         frames=config.frame_replay,
+        unravel=unravel,
         **builder.fields(config, "rollout_steps", "n_step", "gamma", "seed", "clip_rewards"),
     )
