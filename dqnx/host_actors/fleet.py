@@ -174,7 +174,8 @@ class RayRuntime:
         ray = self.ray = import_ray(local=not address)
         self.local = not address
         self.temp_dir = None
-        if ray.is_initialized():  # e.g. tests sharing one instance
+        self.owned = not ray.is_initialized()  # else: a connection made by the caller
+        if not self.owned:
             self.local = False
             return
         # Ray's driver installs its own SIGTERM/SIGINT handlers (a stack trace, exit 15):
@@ -212,7 +213,7 @@ class RayRuntime:
             ray.init(address=address, configure_logging=False, log_to_driver=False)
 
     def close(self) -> None:
-        if self.ray.is_initialized() and (self.local or self.temp_dir is None):
+        if self.owned and self.ray.is_initialized():  # a joined cluster keeps running
             self.ray.shutdown()
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -250,7 +251,6 @@ class RayActors:
         self._flight: list[collections.deque] = [collections.deque() for _ in range(self.n)]
         self._next: list[int] = [0] * self.n  # the next batch to request, per actor
         self._steps = 0
-        self.cores = []  # (threads have cores here; processes keep theirs)
 
     # ---- start -------------------------------------------------------------------
     def start(self, saved: list | None, first_batch: int) -> None:
