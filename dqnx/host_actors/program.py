@@ -349,7 +349,7 @@ class HostActorProgram:
         if data is None:  # a checkpoint without the actors' side: the newest parameters
             self._publish()
             self.exact_resume, self.exact_resume_problem = False, "the checkpoint holds no actors"
-        for version, params in published:
+        for version, params in published if self.actors is not None else ():
             self.actors.publish(jax.device_put(params, self.actor_devices[0]), version)
 
     def prefill(self) -> int:
