@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnx.host_actors import snapshot
-from dqnx.host_actors.core import RANDOM, ActorBatch, ActorCore
+from dqnx.host_actors.core import RANDOM, ActorBatch, ActorCore, kept_version
 
 __all__ = ["RANDOM", "ActorBatch", "ActorCore", "ActorThread", "ParameterServer", "ThreadActors"]
 
@@ -85,10 +85,7 @@ class ParameterServer:
                 if give_up():
                     return False, None
                 self._cond.wait(timeout=0.1)
-            if version in self._versions:
-                return True, self._versions[version][device]
-            older = [v for v in self._versions if v <= version]
-            return True, self._versions[max(older) if older else min(self._versions)][device]
+            return True, self._versions[kept_version(self._versions, version)][device]
 
 
 class ActorThread(threading.Thread):

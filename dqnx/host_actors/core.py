@@ -45,6 +45,16 @@ def flat_params(network, example_obs) -> tuple[Callable, Callable]:
     return jax.jit(lambda params: ravel_pytree(params)[0]), unravel
 
 
+def kept_version(kept, version: int) -> int:
+    """The version of ``kept`` (non-empty) that stands for ``version``: itself, else
+    the newest older one, else the oldest (a run resumed from a checkpoint that
+    lacks it)."""
+    if version in kept:
+        return version
+    older = [v for v in kept if v <= version]
+    return max(older) if older else min(kept)
+
+
 class ActorBatch(NamedTuple):
     """What an actor sends the learner (host numpy arrays).
 

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 from dqnx.host_actors import snapshot
-from dqnx.host_actors.core import RANDOM, ActorBatch, flat_params
+from dqnx.host_actors.core import RANDOM, ActorBatch, flat_params, kept_version
 from dqnx.host_actors.ray_setup import import_ray
 
 #: Seconds the learner waits for Ray to restart a dead actor process.
@@ -60,19 +60,15 @@ class _RemoteActor:
 
     def __init__(self, config, schedule, index: int, saved: bytes | None, first_batch: int):
         # Imported here: this runs in the actor process.
-        from dqnx import builder, host_envs
-        from dqnx.host_actors.schedule import make_core
+        from dqnx import builder
+        from dqnx.host_actors.schedule import env_maker, make_core
 
         # The process only acts, one small jitted call per step: dispatching them
         # asynchronously adds a thread's worth of CPU (~0.3 core measured) for no
         # overlap. The results are the same either way.
         jax.config.update("jax_cpu_enable_async_dispatch", False)
 
-        options = builder.host_env_options(config)
-
-        def make_env(n, seed, **kw):
-            return host_envs.make_host_env(config.env_name, n, seed, **options, **kw)
-
+        make_env = env_maker(config)
         probe = make_env(1, config.seed)
         spec = probe.spec
         probe.close()
@@ -272,10 +268,7 @@ class RayActors:
         self._issue()
 
     def _ref_for(self, version: int):
-        if version in self._refs:
-            return self._refs[version]
-        older = [v for v in self._refs if v <= version]
-        return self._refs[max(older) if older else min(self._refs)]
+        return self._refs[kept_version(self._refs, version)]
 
     def _issue(self) -> None:
         """Requests, for every actor, the batches whose version is published, up to

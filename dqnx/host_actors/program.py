@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx import builder, host_envs, parallel, xla
+from dqnx import builder, parallel, xla
 from dqnx.config import Config
 from dqnx.frame_replay import FrameStep
 from dqnx.host_actors import snapshot
@@ -52,7 +52,7 @@ from dqnx.host_actors.actor import ThreadActors
 from dqnx.host_actors.core import flat_params
 from dqnx.host_actors.evaluation import evaluate_greedy
 from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
-from dqnx.host_actors.schedule import ActorSchedule, make_core
+from dqnx.host_actors.schedule import ActorSchedule, env_maker, make_core
 from dqnx.nstep import NStepTransition
 from dqnx.shell.program import ChunkReport, Schedule
 from dqnx.shell.signals import RunFailed
@@ -65,18 +65,14 @@ class HostActorProgram:
     def __init__(self, config: Config, make_env=None, delay=None):
         t0 = time.perf_counter()
         self.config = config
-        options = builder.host_env_options(config)
-        self._make_env = make_env or (
-            lambda n, seed, **kw: host_envs.make_host_env(config.env_name, n, seed, **options, **kw)
-        )
+        self._make_env = make_env or env_maker(config)
         probe = self._make_env(1, config.seed)
         spec = self.spec = probe.spec
-        self.fixed = config.actor_schedule == "fixed"
         # Optional in the HostEnv protocol: an environment without it is not captured.
         self.exact_resume_problem = getattr(
             probe, "capture_problem", f"{type(probe).__name__} has no get_state/set_state"
         )
-        if not self.fixed:
+        if config.actor_schedule != "fixed":
             self.exact_resume_problem = "--actor_schedule=async acts as timing allows"
         self.exact_resume = self.exact_resume_problem is None
         self._delay = delay  # test hook: (actor index or None for the learner) -> seconds
@@ -92,7 +88,8 @@ class HostActorProgram:
         if config.actors == "ray":
             num_threads = config.num_actor_processes
         self.envs_per_thread = config.num_envs // (num_threads * self.processes)
-        self.iteration_items = config.num_envs * config.rollout_steps  # all processes
+        self.actor_schedule = ActorSchedule.of(config, self.envs_per_thread)
+        self.iteration_items = self.actor_schedule.iteration_items  # all processes
         d = len(learner_devices)
         layout = parallel.Layout(1, d)
         self.mesh = parallel.make_mesh(layout, learner_devices)
@@ -128,9 +125,7 @@ class HostActorProgram:
         self._compile(items)
         self._zeros = jax.tree.map(lambda x: x[: len(x) // self.processes], items)
         self.failure: str | None = None
-        prefill_iterations = self.prefill_iterations = -(
-            -config.learning_starts // self.iteration_items
-        )
+        prefill_iterations = self.actor_schedule.prefill_iterations
         self.schedule = Schedule(
             prefill_steps=prefill_iterations * self.iteration_items,
             steps_per_iteration=self.iteration_items,
@@ -153,9 +148,6 @@ class HostActorProgram:
             self.where = f"{self.where} over {self.processes} processes (actors per process)"
         self.env_steps = 0
         self.num_updates = 0
-        # Versions an actor may still need: the one of iteration i - 1 - lag and every
-        # one published since (at most one per iteration).
-        self.actor_schedule = ActorSchedule.of(config, self.envs_per_thread)
         # Versions go to the actors as one flat vector: one transfer, not one per leaf.
         self._flatten, self._unravel = flat_params(self.network, jnp.asarray(obs0[None]))
         self.num_actors = num_threads  # in this process
@@ -290,7 +282,7 @@ class HostActorProgram:
             batch = self._take(actor)
             if batch is None:
                 break
-            if self.fixed and batch.index != self.iteration:
+            if self.actor_schedule.fixed and batch.index != self.iteration:
                 raise RunFailed(
                     f"actor {batch.actor} sent batch {batch.index} for iteration "
                     f"{self.iteration}: the actors' schedule is broken"

@@ -68,6 +68,15 @@ class ActorSchedule(NamedTuple):
         return updates_after // self.sync > updates_before // self.sync
 
 
+def env_maker(config: Config) -> Callable:
+    """``(n, seed, **kw) -> HostEnv``: ``n`` environments of ``config.env_name``
+    with its ``--env_options``."""
+    from dqnx import host_envs
+
+    options = builder.host_env_options(config)
+    return lambda n, seed, **kw: host_envs.make_host_env(config.env_name, n, seed, **options, **kw)
+
+
 def make_core(
     config: Config,
     schedule: ActorSchedule,
