@@ -5,9 +5,11 @@ Building blocks (pure functions, plain arguments): ``envs``, ``networks``,
 ``munchausen``, ``objectives``, ``replay``, ``prioritized``, ``frame_replay``,
 ``nstep``, ``exploration``, ``learner``, ``actor``, ``parallel``,
 ``checkpoint``; host environments and actors in ``host_envs`` and
-``host_actors``. ``builder`` turns a ``Config`` into blocks; ``compiled``
-composes them into the compiled mode's program; ``shell.run`` drives a program
-from the host.
+``host_actors``; ``defaults`` holds the family's default hyperparameters.
+``builder`` turns a ``Config`` into blocks and ``checks.validate`` checks one;
+``compiled`` composes the blocks into the compiled mode's program; ``shell.run``
+drives a program from the host; ``train.run`` (``dqnx.run``) picks the mode and
+trains as the command line does.
 
 ``Config`` and ``ConfigError`` are plain Python; everything else (JAX, Flax)
 loads on first use, so the command line answers a bad flag in a fraction of a
@@ -25,9 +27,9 @@ _MODULES = (
     "actor", "builder", "checkpoint", "compiled", "distributional", "envs", "exploration",
     "frame_replay", "heads", "host_actors", "host_envs", "layers", "learner", "losses",
     "munchausen", "networks", "noisy", "nstep", "objectives", "parallel", "prioritized",
-    "replay", "shell", "sweep",
+    "replay", "shell", "sweep", "checks", "defaults", "train",
 )  # fmt: skip
-_ATTRIBUTES = {"make_train": ("dqnx.compiled", "make_train"), "run": ("dqnx.shell", "run")}
+_ATTRIBUTES = {"make_train": ("dqnx.compiled", "make_train"), "run": ("dqnx.train", "run")}
 
 __all__ = ["Config", "ConfigError", *_MODULES, "make_train", "run"]
 

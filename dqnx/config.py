@@ -1,9 +1,9 @@
 """The one typed configuration of a dqnx run.
 
 Every field is a command-line flag of ``experiments/run.py`` with the same
-name. ``Config.validate()`` checks each field on its own and raises
+name. ``Config.check_fields()`` checks each field on its own and raises
 :class:`ConfigError` with a one-line message; the checks that need the
-environment, the devices or the memory live in ``dqnx.builder.validate``, the
+environment, the devices or the memory live in ``dqnx.checks.validate``, the
 one module that turns a ``Config`` into building blocks.
 
 Fields marked ``neutral(...)`` change only I/O, reporting or the device layout,
@@ -14,19 +14,18 @@ changed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
+from dqnx import defaults
 from dqnx.errors import ConfigError, suggest
-from dqnx.names import NETWORKS
+from dqnx.names import CONV_IMPLS, NETWORKS
 
 __all__ = ["Config", "ConfigError", "suggest"]
 
 LOSSES = ("huber", "mse")
-LEARNERS = ("dqn", "c51", "qr", "iqn")
-CONV_IMPLS = ("auto", "patches", "xla")
+LEARNERS = defaults.LEARNERS
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EXPLORATIONS = ("linear", "apex")
-# Fields with a fixed set of values (Config.validate adds "network": names.NETWORKS).
+# Fields with a fixed set of values (Config.check_fields adds "network": names.NETWORKS).
 _CHOICES = {
     "loss": LOSSES,
     "learner": LEARNERS,
@@ -43,7 +42,7 @@ def neutral(default):
     return dataclasses.field(default=default, metadata={"result_neutral": True})
 
 
-# Integer fields Config.validate checks: > 0, and >= 0.
+# Integer fields Config.check_fields checks: > 0, and >= 0.
 _POSITIVE_INTS = (
     "num_seeds", "total_steps", "num_envs", "rollout_steps", "updates_per_iteration",
     "buffer_size", "batch_size", "target_update_period", "eval_episodes", "log_every",
@@ -63,7 +62,7 @@ def _within(low, high, closed_low=True):
     return lambda v: (low <= v if closed_low else low < v) and v <= high
 
 
-# Per-field ranges that Config.validate checks: field -> (test, what the message says).
+# Per-field ranges that Config.check_fields checks: field -> (test, what the message says).
 _BOUNDS = {
     "gamma": (_within(0.0, 1.0), "in [0, 1]"),
     "learning_rate": (lambda v: v > 0, "> 0"),
@@ -259,36 +258,36 @@ class Config:
     target_update_period: int = 500
     tau: float = 1.0
     double_q: bool = True
-    loss: Literal["huber", "mse"] = "huber"
-    huber_delta: float = 1.0
+    loss: str = "huber"
+    huber_delta: float = defaults.HUBER_DELTA
     # The network and its head.
     network: str = "auto"
     hidden_sizes: tuple[int, ...] = (128, 128)
     dueling: bool = False
-    conv_impl: Literal["auto", "patches", "xla"] = neutral("auto")
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    conv_impl: str = neutral("auto")
+    compute_dtype: str = "float32"
     # Distributional learners: C51 (atoms), QR-DQN (quantiles), IQN (sampled fractions).
-    learner: Literal["dqn", "c51", "qr", "iqn"] = "dqn"
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
-    num_quantiles: int = 200
-    num_tau_samples: int = 64
-    num_tau_prime_samples: int = 64
-    num_quantile_samples: int = 32
+    learner: str = "dqn"
+    num_atoms: int = defaults.C51.num_atoms
+    v_min: float = defaults.C51.v_min
+    v_max: float = defaults.C51.v_max
+    num_quantiles: int = defaults.QR.num_quantiles
+    num_tau_samples: int = defaults.IQN.num_tau_samples
+    num_tau_prime_samples: int = defaults.IQN.num_tau_prime_samples
+    num_quantile_samples: int = defaults.IQN.num_quantile_samples
     # Munchausen DQN, noisy nets, n-step returns, prioritized replay.
     munchausen: bool = False
-    munchausen_tau: float = 0.03
-    munchausen_alpha: float = 0.9
-    munchausen_l0: float = -1.0
+    munchausen_tau: float = defaults.Munchausen.tau
+    munchausen_alpha: float = defaults.Munchausen.alpha
+    munchausen_l0: float = defaults.Munchausen.l0
     noisy: bool = False
-    noisy_sigma0: float = 0.5
+    noisy_sigma0: float = defaults.Noisy.sigma0
     n_step: int = 1
     prioritized: bool = False
     priority_exponent: float = 0.6
     importance_exponent: float = 0.4
     # Exploration.
-    exploration: Literal["linear", "apex"] = "linear"
+    exploration: str = "linear"
     apex_epsilon: float = 0.4
     apex_alpha: float = 7.0
     actor_sync_period: int = 1
@@ -414,11 +413,11 @@ class Config:
         return cls(**d)
 
     # ---- validation ----------------------------------------------------
-    def validate(self) -> Config:
+    def check_fields(self) -> Config:
         """Checks every field on its own; raises ConfigError with a one-line message.
 
         The environment name, device counts and memory are checked by
-        ``dqnx.builder.validate``, which calls this first."""
+        ``dqnx.checks.validate``, which calls this first."""
 
         def fail(msg: str):
             raise ConfigError(msg)

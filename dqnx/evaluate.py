@@ -66,9 +66,9 @@ def _read_config(workdir: Path):
 
 
 def _validate(config):
-    from dqnx import builder
+    from dqnx import checks
 
-    return builder.validate(config)
+    return checks.validate(config)
 
 
 def _load(workdir: Path, config, step) -> _Loaded:

@@ -7,6 +7,8 @@ the two cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
+import logging
 import os
 import re
 import sys
@@ -103,7 +105,7 @@ def main(argv: list[str], all_cpu_cores: bool = False) -> int:
         return 2
     try:
         # Each field's own checks first: plain Python, before JAX is imported.
-        config = config_from_flags().validate()
+        config = config_from_flags().check_fields()
         from dqnx import parallel
 
         if all_cpu_cores:
@@ -112,19 +114,19 @@ def main(argv: list[str], all_cpu_cores: bool = False) -> int:
         parallel.initialize_distributed(
             config.coordinator_address, config.num_processes, config.process_id
         )
-        from dqnx import builder
+        from dqnx import checks
 
-        config = builder.validate(config)
+        config = checks.validate(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from dqnx import shell
+    from dqnx import shell, train
     from dqnx.checkpoint import CheckpointError
 
     if not config.workdir:
         config = config.replace(workdir=shell.default_workdir(_run_name(argv) or config.env_name))
     try:
-        shell.run(config)
+        train.run(config)
     except shell.Interrupted as e:
         return e.exit_code
     except (ConfigError, CheckpointError) as e:
@@ -149,5 +151,19 @@ def main(argv: list[str], all_cpu_cores: bool = False) -> int:
 
 
 def console_main() -> int:
-    """The ``dqnx-train`` command: ``main`` with one XLA CPU device per core."""
-    return main(sys.argv, all_cpu_cores=True)
+    """The ``dqnx-train`` command: ``main`` with one XLA CPU device per core.
+
+    A crash in native code prints the Python stack of every thread
+    (``faulthandler``). After a run that used Ray (``--actors=ray``) the process
+    ends as soon as its files are flushed: the run's outputs are final by then, and
+    Ray's native threads can crash the interpreter's own teardown (an intermittent
+    SIGSEGV after ``done:``, seen under load), which would turn a finished run's
+    exit code into -11."""
+    faulthandler.enable()
+    code = main(sys.argv, all_cpu_cores=True)
+    if "ray" in sys.modules:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

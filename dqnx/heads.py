@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx import defaults
 from dqnx.distributional import categorical_q_values, quantile_midpoints
 from dqnx.layers import Dense, compute_kwargs
 from dqnx.noisy import NoisyDense
@@ -86,7 +87,7 @@ class _StreamsHead(nn.Module):
     dueling: bool = False
     noisy: bool = False
     hidden_sizes: Sequence[int] = ()
-    sigma0: float = 0.5
+    sigma0: float = defaults.Noisy.sigma0
     dtype: Any = None
 
     def _streams(self, h, event_shape, deterministic):
@@ -179,7 +180,7 @@ class IQNHead(_StreamsHead):
         ``hidden_sizes`` come after the product.
     """
 
-    embedding_dim: int = 64
+    embedding_dim: int = defaults.IQN.embedding_dim
 
     @nn.compact
     def __call__(
@@ -212,7 +213,7 @@ class QHead(nn.Module):
         return value + adv - adv.mean(axis=-1, keepdims=True)
 
 
-HEADS = ("q", "categorical", "quantile", "iqn")
+HEADS = defaults.LEARNERS  # a head per learner, by the same names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,9 +225,9 @@ class Head:
     this attribute.
 
     Attributes:
-      kind: "q": Q-values ``[B, A]`` (``QHead``, or ``NoisyQHead`` when
-        noisy); "categorical": C51 logits ``[B, A, K]`` over ``atoms``
-        (``DistributionalHead``); "quantile": QR-DQN values ``[B, N, A]``
+      kind: "dqn": Q-values ``[B, A]`` (``QHead``, or ``NoisyQHead`` when
+        noisy); "c51": C51 logits ``[B, A, K]`` over ``atoms``
+        (``DistributionalHead``); "qr": QR-DQN values ``[B, N, A]``
         at the fixed fractions ``distributional.quantile_midpoints(N)``
         (``QuantileHead``); "iqn": values ``[B, N, A]`` at fractions given
         in the call (``IQNHead``).
@@ -243,15 +244,15 @@ class Head:
       embedding_dim: IQN's cosine features of a fraction.
     """
 
-    kind: str = "q"
+    kind: str = "dqn"
     noisy: bool = False
-    sigma0: float = 0.5
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
-    num_quantiles: int = 200
-    num_quantile_samples: int = 32
-    embedding_dim: int = 64
+    sigma0: float = defaults.Noisy.sigma0
+    num_atoms: int = defaults.C51.num_atoms
+    v_min: float = defaults.C51.v_min
+    v_max: float = defaults.C51.v_max
+    num_quantiles: int = defaults.QR.num_quantiles
+    num_quantile_samples: int = defaults.IQN.num_quantile_samples
+    embedding_dim: int = defaults.IQN.embedding_dim
 
     def __post_init__(self):
         if self.kind not in HEADS:
@@ -265,18 +266,18 @@ class Head:
     @property
     def is_plain(self) -> bool:
         """Q-values straight from a deterministic head (what a custom network gives)."""
-        return self.kind == "q" and not self.noisy
+        return self.kind == "dqn" and not self.noisy
 
     def needs_key(self, deterministic: bool = False) -> bool:
         """Whether Q-values need random numbers: IQN's fractions, noisy layers' noise."""
         return self.kind == "iqn" or (self.noisy and not deterministic)
 
     def to_q_values(self, out: jax.Array) -> jax.Array:
-        """The head's output -> Q-values ``[B, A]``: as is ("q"), the expectation
-        over atoms ("categorical"), the mean over quantiles ("quantile", "iqn")."""
-        if self.kind == "q":
+        """The head's output -> Q-values ``[B, A]``: as is ("dqn"), the expectation
+        over atoms ("c51"), the mean over quantiles ("qr", "iqn")."""
+        if self.kind == "dqn":
             return out
-        if self.kind == "categorical":
+        if self.kind == "c51":
             return categorical_q_values(out, self.atoms)  # [B, A, K] -> [B, A]
         return jnp.mean(out, axis=-2)  # [B, N, A] -> [B, A]
 
@@ -313,12 +314,12 @@ def output_head(head: Head, num_actions: int, dueling: bool, h, *, hidden_sizes=
         return QHead(num_actions, dueling, dtype)(h)  # QHead_0: the default parameter tree
     common = dict(num_actions=num_actions, dueling=dueling, hidden_sizes=hidden_sizes,
                   sigma0=head.sigma0, dtype=dtype)  # fmt: skip
-    if head.kind == "q":
+    if head.kind == "dqn":
         return NoisyQHead(**common)(h, deterministic)
-    if head.kind == "categorical":
+    if head.kind == "c51":
         module = DistributionalHead(num_atoms=head.num_atoms, noisy=head.noisy, **common)
         return module(h, deterministic)
-    if head.kind == "quantile":
+    if head.kind == "qr":
         module = QuantileHead(num_quantiles=head.num_quantiles, noisy=head.noisy, **common)
         return module(h, deterministic)
     if taus is None:

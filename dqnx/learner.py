@@ -1,7 +1,8 @@
 """The learner: loss -> gradients (-> pmean) -> optax -> target refresh.
 
-One learner for the DQN family: the loss (DQN, C51, QR-DQN, IQN, Munchausen)
-comes from ``objectives`` according to the network's head; the rest is shared.
+One learner for the DQN family: the loss is an objective (``objectives``: DQN,
+C51, QR-DQN, IQN, Munchausen, or one of your own); the rest is shared.
+``refresh_target`` is the target refresh (periodic copy or Polyak averaging).
 
 ``make_learner`` closes over the network, optimizer and hyperparameters and
 returns ``Learner(init, update)`` of pure functions, in the style of optax.
@@ -23,17 +24,26 @@ from dqnx.types import LearnerState, Transition
 
 
 class Learner(NamedTuple):
-    """``init(key, obs_example[B, ...]) -> LearnerState``;
-    ``update(state, batch: Transition[B]) -> (state, metrics)``;
-    ``update_weighted(state, batch, weights[B]) -> (state, metrics, priority[B])``:
-    the loss weighted per transition (importance sampling), and each transition's
-    new priority for prioritized replay (``|TD error|`` for DQN, the example's own
-    loss for C51, QR-DQN and IQN; see ``objectives``). A batch with a ``discount``
-    field (n-step transitions) uses it instead of ``gamma * (1 - terminated)``."""
+    """The learner's pure functions (``make_learner``).
+
+    - ``init(key, obs_example[B, ...]) -> LearnerState``;
+    - ``update(state, batch: Transition[B]) -> (state, metrics)``: one step on
+      the mean of the objective's per-example losses;
+    - ``update_weighted(state, batch, weights[B] | None) -> (state, metrics,
+      priority[B])``: the same step on the losses weighted per transition
+      (importance sampling; None: unweighted), and each transition's new
+      priority (``objectives.Terms.priority``: ``|TD error|`` for DQN, the
+      example's own loss for C51, QR-DQN and IQN). With prioritized replay
+      (``prioritized.prioritized_replay``): ``items, indices, weights =
+      sample(replay, key, B, beta)``; ``update_weighted(state, items, weights)``;
+      then ``update_priorities(replay, indices, priority)``.
+
+    A batch with a ``discount`` field (n-step transitions, ``nstep``) uses it
+    instead of ``gamma * (1 - terminated)``."""
 
     init: Callable[[jax.Array, jax.Array], LearnerState]
     update: Callable[[LearnerState, Transition], tuple[LearnerState, dict]]
-    update_weighted: Callable | None = None
+    update_weighted: Callable
 
 
 def make_optimizer(
@@ -57,67 +67,55 @@ def make_optimizer(
 def make_learner(
     network: nn.Module,
     optimizer: optax.GradientTransformation,
+    objective: objectives.Objective,
     *,
     gamma: float,
-    double_q: bool = True,
-    loss: str | Callable[[jax.Array], jax.Array] = "huber",
-    huber_delta: float = 1.0,
     target_update_period: int | jax.Array = 1,
     tau: float | jax.Array | tuple[jax.Array, jax.Array] = 1.0,
     axis_name: str | None = None,
-    num_tau_samples: int = 64,
-    num_tau_prime_samples: int = 64,
-    munchausen: objectives.Munchausen | None = None,
 ) -> Learner:
-    """Builds the learner of ``network``'s head: (Double) DQN, C51, QR-DQN or IQN,
-    optionally Munchausen (``objectives.make_objective`` holds the losses).
+    """Builds the learner minimising ``objective`` (``objectives``: DQN, Double
+    DQN, Munchausen, C51, QR-DQN, IQN, or a function of your own) for ``network``.
 
     DQN target: r + gamma * (1 - terminated) * Q_target(s', a*), with
     a* = argmax_a Q_online(s', a) for Double DQN (van Hasselt et al., 2016)
-    or a* = argmax_a Q_target(s', a) for vanilla DQN (Mnih et al., 2015).
+    or a* = argmax_a Q_target(s', a) for vanilla DQN (Mnih et al., 2015); the other
+    objectives bootstrap with the same discount (an n-step batch's own ``discount``).
 
-    A network that draws random numbers (a noisy head, IQN's fractions) gets a
-    key kept in ``LearnerState.key``: update ``k`` draws from ``fold_in(key, k)``
-    (and, over a data axis, each shard from its own fold of that), so a run is
-    deterministic and resumes exactly; seeds differ by their init keys.
+    A network or objective that draws random numbers (a noisy head, IQN's
+    fractions, an objective with ``needs_key``) gets a key kept in
+    ``LearnerState.key``: update ``k`` draws from ``fold_in(key, k)`` (and, over a
+    data axis, each shard from its own fold of that), so a run is deterministic and
+    resumes exactly; seeds differ by their init keys.
 
-    ``gamma``, ``huber_delta`` (DQN), ``target_update_period``, ``tau``, Munchausen's
-    alpha and l0 and the optimizer's hyperparameters may be traced scalars (the runs
-    of a vmapped sweep). A traced ``tau`` may come as the pair ``(tau, 1 - tau)``
-    with ``1 - tau`` computed in float64, so its average rounds as a Python float's
-    does; a traced ``tau == 1`` copies, as a Python 1.0 does.
+    ``gamma``, ``target_update_period``, ``tau``, the objective's hyperparameters
+    (the Huber threshold, Munchausen's alpha and l0) and the optimizer's may be
+    traced scalars (the runs of a vmapped sweep). A traced ``tau`` may come as the
+    pair ``(tau, 1 - tau)`` with ``1 - tau`` computed in float64, so its average
+    rounds as a Python float's does; a traced ``tau == 1`` copies, as a Python 1.0 does.
 
     Args:
       network: flax module mapping [B, *obs] to its head's output (Q-values
         [B, A] for any module without a ``networks.Head``).
       optimizer: optax transformation applied to the (averaged) gradients.
+      objective: ``objectives.Objective``; one that declares a head (``kind``)
+        must match the network's (``objectives.check_head``).
       gamma: discount factor.
-      double_q: the online network picks the next action; False: the target network.
-      loss: DQN's elementwise loss of the TD error: "huber", "mse", or a function
-        mapping TD errors [B] to losses [B].
-      huber_delta: Huber threshold (QR-DQN's and IQN's kappa).
       target_update_period: learner updates between target refreshes.
       tau: refresh rate, 1.0 for a hard copy, < 1 for Polyak averaging
-        target <- tau * online + (1 - tau) * target at each refresh.
+        target <- tau * online + (1 - tau) * target at each refresh
+        (``refresh_target``).
       axis_name: when set, gradients and metrics are averaged with
         ``lax.pmean`` over this named axis (data-parallel learner).
-      num_tau_samples: IQN's fractions per example for the online values (N).
-      num_tau_prime_samples: IQN's fractions per example for the target (N').
-      munchausen: Munchausen DQN / M-IQN hyperparameters, or None.
 
     Returns:
       ``Learner(init, update, update_weighted)``.
+
+    Raises:
+      ValueError: the objective reads another head than the network's.
     """
-    objective = objectives.make_objective(
-        network,
-        double_q=double_q,
-        loss=loss,
-        huber_delta=huber_delta,
-        num_tau_samples=num_tau_samples,
-        num_tau_prime_samples=num_tau_prime_samples,
-        munchausen_params=munchausen,
-    )
-    draws = networks.head_of(network).needs_key()
+    objectives.check_head(objective, network)
+    draws = networks.head_of(network).needs_key() or getattr(objective, "needs_key", False)
 
     def init(key, obs_example) -> LearnerState:
         params = network.init(key, obs_example)
@@ -134,7 +132,7 @@ def make_learner(
             discount_t = batch.discount.astype(jnp.float32)
         else:
             discount_t = gamma * (1.0 - batch.terminated.astype(jnp.float32))  # [B]
-        terms = objective(params, target_params, batch, discount_t, key)
+        terms = objective(network, params, target_params, batch, discount_t, key)
         per_example = terms.loss
         if weights is not None:
             per_example = weights * per_example
@@ -156,10 +154,8 @@ def make_learner(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         num_updates = state.num_updates + 1
-        refresh = num_updates % target_update_period == 0
-        fresh = _refreshed(params, state.target_params, tau)
-        target_params = jax.tree.map(
-            lambda f, o: jnp.where(refresh, f, o), fresh, state.target_params
+        target_params = refresh_target(
+            params, state.target_params, num_updates, target_update_period, tau
         )
         state = LearnerState(params, target_params, opt_state, num_updates, state.key)
         return state, metrics, priority
@@ -169,6 +165,17 @@ def make_learner(
         return state, metrics
 
     return Learner(init, update, update_weighted)
+
+
+def refresh_target(params, target_params, num_updates, period=1, tau=1.0):
+    """The target parameters after update ``num_updates`` (counted from 1):
+    refreshed when ``num_updates % period == 0``, else as they were. A refresh
+    copies (``tau == 1``, DQN's periodic hard update) or averages,
+    ``tau * params + (1 - tau) * target_params`` (Polyak; ``period=1`` for every
+    update). ``period`` and ``tau`` may be traced (see ``make_learner``)."""
+    fresh = _refreshed(params, target_params, tau)
+    refresh = num_updates % period == 0
+    return jax.tree.map(lambda f, o: jnp.where(refresh, f, o), fresh, target_params)
 
 
 def _refreshed(params, target_params, tau):

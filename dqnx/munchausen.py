@@ -9,17 +9,20 @@ of the target network at temperature ``tau``, ``pi = softmax(q_target / tau)``:
 
 ``tau * log pi`` is computed as ``tau * log_softmax(q / tau)`` (stable for small tau).
 With ``alpha = 0`` and ``tau -> 0`` the target tends to the DQN target
-``r_t + discount_t * max_a q_t_target[a]``. Defaults are the paper's: ``tau = 0.03``,
-``alpha = 0.9``, ``l0 = -1``; each may be a Python number or a traced scalar (a
-vmapped sweep); ``tau`` traced is the pair ``(tau, 1 / tau)``, the float32 reciprocal
-that XLA multiplies by where a single run divides by the constant ``tau``, so the
-sweep's run computes the same bits. Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
+``r_t + discount_t * max_a q_t_target[a]``. Defaults are the paper's
+(``defaults.Munchausen``: ``tau = 0.03``, ``alpha = 0.9``, ``l0 = -1``); each may
+be a Python number or a traced scalar (a vmapped sweep); ``tau`` traced is the
+pair ``(tau, 1 / tau)``, the float32 reciprocal that XLA multiplies by where a
+single run divides by the constant ``tau``, so the sweep's run computes the same
+bits. Conventions as in ``dqnx.losses``; batch with ``jax.vmap``.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from dqnx.defaults import Munchausen as _M
 
 
 def _check(q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau, l0):
@@ -65,7 +68,7 @@ def _targets(dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, 
 
 
 def munchausen_target(
-    q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau=0.03, alpha=0.9, l0=-1.0
+    q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau=_M.tau, alpha=_M.alpha, l0=_M.l0
 ):
     """The M-DQN target of one transition (Vieillard et al., 2020).
 
@@ -87,7 +90,7 @@ def munchausen_target(
 
 
 def munchausen_q_learning(
-    q_tm1, a_tm1, r_t, discount_t, q_t_target, q_tm1_target, tau=0.03, alpha=0.9, l0=-1.0
+    q_tm1, a_tm1, r_t, discount_t, q_t_target, q_tm1_target, tau=_M.tau, alpha=_M.alpha, l0=_M.l0
 ):
     """TD error of Munchausen DQN: ``munchausen_target(...) - q_tm1[a_tm1]``.
 
@@ -109,7 +112,15 @@ def munchausen_q_learning(
 
 
 def munchausen_quantile_target(
-    dist_q_t_target, q_t_target, q_tm1_target, a_tm1, r_t, discount_t, tau=0.03, alpha=0.9, l0=-1.0
+    dist_q_t_target,
+    q_t_target,
+    q_tm1_target,
+    a_tm1,
+    r_t,
+    discount_t,
+    tau=_M.tau,
+    alpha=_M.alpha,
+    l0=_M.l0,
 ):
     """Per-quantile M-IQN target samples (Vieillard et al., 2020).
 

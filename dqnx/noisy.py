@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx import defaults
 from dqnx.layers import accumulation_dtype, matmul
 
 NOISE_RNG = "noise"
@@ -61,7 +62,7 @@ class NoisyDense(nn.Module):
     """
 
     features: int
-    sigma0: float = 0.5
+    sigma0: float = defaults.Noisy.sigma0
     deterministic: bool = False
     dtype: Any = None
 

@@ -1,19 +1,31 @@
-"""What each learner minimises: the per-example losses and priorities of one batch.
+"""What each learner minimises, as values: an objective maps one batch to
+per-example losses and priorities.
 
-``make_objective`` picks the loss from the network's head (``networks.head_of``):
+An objective is any callable
+``objective(network, params, target_params, batch, discount_t, key) -> Terms``;
+``learner.make_learner(network, optimizer, objective, gamma=...)`` minimises the
+mean of its (importance-weighted) losses. The DQN family's objectives are frozen
+dataclasses holding their own hyperparameters (acme's losses are the model):
 
-- "q" head: (Double) DQN TD errors through an elementwise loss (Huber or squared),
+- ``DQN``: (Double) DQN TD errors through an elementwise loss (Huber or squared),
   or Munchausen DQN (Vieillard et al., 2020) with ``munchausen``;
-- "categorical" head: C51's cross-entropy (Bellemare et al., 2017), Double-DQN
-  selection as in Rainbow (Hessel et al., 2018) with ``double_q``;
-- "quantile" head: QR-DQN's quantile Huber loss (Dabney et al., 2018a);
-- "iqn" head: IQN's quantile Huber loss at sampled fractions (Dabney et al.,
-  2018b), or M-IQN with ``munchausen``.
+- ``C51``: C51's cross-entropy (Bellemare et al., 2017), Double-DQN selection as
+  in Rainbow (Hessel et al., 2018) with ``double_q``;
+- ``QR``: QR-DQN's quantile Huber loss (Dabney et al., 2018a);
+- ``IQN``: IQN's quantile Huber loss at sampled fractions (Dabney et al., 2018b),
+  or M-IQN with ``munchausen``.
+
+The functions ``dqn``, ``double_dqn``, ``munchausen``, ``c51``, ``qr`` and ``iqn``
+build them. Each declares the head it reads (``kind``, the names of
+``defaults.LEARNERS``): ``check_head`` (called by ``make_learner``) refuses a
+network whose head is another, rather than training something else silently. An
+objective of your own (a penalty on Q-values, an auxiliary loss) is a function of
+the same arguments, usually calling one of these and changing its ``Terms``.
 
 Each returns one loss per example (the learner weights and averages them) and one
-priority per example for prioritized replay: ``|TD error|`` for the scalar
-learners, the example's own loss for the distributional ones (C51: the
-cross-entropy, as Dopamine's Rainbow; QR/IQN: the quantile loss).
+priority per example for prioritized replay: ``|TD error|`` for DQN, the
+example's own loss for the distributional ones (C51: the cross-entropy, as
+Dopamine's Rainbow; QR/IQN: the quantile loss).
 
 Randomness (noise of noisy heads, IQN's fractions) comes from the one ``key`` the
 learner passes per update; every forward pass gets its own split of it. The next
@@ -23,28 +35,22 @@ action is always picked by ``networks.q_values`` (the online network with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from dqnx import distributional, losses, munchausen, networks
+from dqnx import defaults, distributional, losses, networks
+from dqnx import munchausen as m_lib
+from dqnx.defaults import Munchausen
 
-
-class Munchausen(NamedTuple):
-    """Munchausen hyperparameters (Vieillard et al., 2020, arXiv:2007.14430).
-
-    Attributes:
-      tau: entropy temperature of the softmax policy, > 0.
-      alpha: scale of the log-policy bonus.
-      l0: lower clip of the bonus ``tau * log pi``, <= 0.
-    """
-
-    tau: float = 0.03
-    alpha: float = 0.9
-    l0: float = -1.0
+__all__ = [
+    "C51", "DQN", "IQN", "QR", "Munchausen", "Objective", "Terms", "c51", "check_head",
+    "double_dqn", "dqn", "elementwise_loss", "iqn", "munchausen", "qr",
+]  # fmt: skip
 
 
 class Terms(NamedTuple):
@@ -63,11 +69,20 @@ class Terms(NamedTuple):
     metrics: dict
 
 
-# objective(params, target_params, batch, discount_t [B], key | None) -> Terms
-Objective = Callable[..., Terms]
+class Objective(Protocol):
+    """``(network, params, target_params, batch, discount_t [B], key | None) -> Terms``.
+
+    ``batch`` is a ``types.Transition`` (or ``nstep.NStepTransition``) of ``B``
+    examples; ``discount_t`` the learner's per-example discount of the bootstrap
+    (``gamma * (1 - terminated)``, or the n-step batch's own ``discount``);
+    ``key`` is None unless the network draws random numbers (``networks.Head.needs_key``)
+    or the objective has ``needs_key = True``. An optional ``kind`` attribute
+    (one of ``defaults.LEARNERS``) names the head it needs."""
+
+    def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms: ...
 
 
-def elementwise_loss(loss: str | Callable, huber_delta: float = 1.0) -> Callable:
+def elementwise_loss(loss: str | Callable, huber_delta: float = defaults.HUBER_DELTA) -> Callable:
     """TD errors -> losses: "huber", "mse" (squared), or a function of the TD errors."""
     if callable(loss):
         return loss
@@ -75,7 +90,20 @@ def elementwise_loss(loss: str | Callable, huber_delta: float = 1.0) -> Callable
         return lambda td: losses.huber_loss(td, huber_delta)
     if loss == "mse":
         return losses.squared_loss
-    raise ValueError(f"unknown loss {loss!r}")
+    raise ValueError(f"unknown loss {loss!r}; one of ('huber', 'mse') or a function")
+
+
+def check_head(objective: Any, network) -> None:
+    """Raises ValueError when ``objective`` declares a head (``kind``) that
+    ``network`` does not end in (``networks.head_of``)."""
+    kind = getattr(objective, "kind", None)
+    head = networks.head_of(network)
+    if kind is not None and head.kind != kind:
+        raise ValueError(
+            f"the {type(objective).__name__} objective reads a {kind!r} head, but the network "
+            f"ends in a {head.kind!r} head; build the network with "
+            f"networks.Head(kind={kind!r}) or pick the objective of its head"
+        )
 
 
 def _splits(key, n: int) -> list:
@@ -83,55 +111,51 @@ def _splits(key, n: int) -> list:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-def make_objective(
-    network,
-    *,
-    double_q: bool = True,
-    loss: str | Callable = "huber",
-    huber_delta: float = 1.0,
-    num_tau_samples: int = 64,
-    num_tau_prime_samples: int = 64,
-    munchausen_params: Munchausen | None = None,
-) -> Objective:
-    """The objective of ``network``'s head; see the module docstring.
+def _select(network, params, target_params, next_obs, key, double_q):
+    """Q-values [B, A] at s_t of the network that picks the next action: the
+    online one (gradient-free) with ``double_q``, else the target one."""
+    chooser = jax.lax.stop_gradient(params) if double_q else target_params
+    return networks.q_values(network, chooser, next_obs, key)
 
-    Args:
-      network: a Q-network (``networks.head_of`` tells its head).
-      double_q: the online network picks the next action (Double DQN); else the
-        target network. Munchausen targets ignore it.
-      loss: the scalar learners' elementwise loss of the TD error: "huber",
-        "mse" or a function ``td [B] -> [B]``.
-      huber_delta: Huber threshold; QR-DQN's and IQN's kappa.
-      num_tau_samples: IQN's N: fractions per example for the online values.
-      num_tau_prime_samples: IQN's N': fractions per example for the target.
-      munchausen_params: Munchausen-DQN / M-IQN when set ("q" and "iqn" heads).
+
+@dataclasses.dataclass(frozen=True)
+class DQN:
+    """(Double) DQN: TD errors of ``losses.double_q_learning`` (or
+    ``losses.q_learning``) through an elementwise loss; Munchausen-DQN with
+    ``munchausen``. Priorities ``|TD error|``; a "dqn" head (Q-values ``[B, A]``).
+
+    Attributes:
+      double_q: the online network picks the next action (van Hasselt et al.,
+        2016); else the target network (Mnih et al., 2015). Munchausen targets
+        have no argmax and ignore it.
+      loss: "huber", "mse", or a function mapping TD errors ``[B]`` to losses ``[B]``.
+      huber_delta: the Huber threshold.
+      munchausen: Munchausen-DQN's hyperparameters, or None.
     """
-    head = networks.head_of(network)
-    if munchausen_params is not None and head.kind not in ("q", "iqn"):
-        raise ValueError(f"Munchausen targets need a 'q' or 'iqn' head, not {head.kind!r}")
-    elementwise = elementwise_loss(loss, huber_delta)
-    m_kwargs = munchausen_params._asdict() if munchausen_params is not None else {}
 
-    def select(params, target_params, next_obs, key):
-        """Q-values [B, A] at s_t of the network that picks the next action."""
-        chooser = jax.lax.stop_gradient(params) if double_q else target_params
-        return networks.q_values(network, chooser, next_obs, key)
+    kind: ClassVar[str] = "dqn"
+    double_q: bool = True
+    loss: str | Callable = "huber"
+    huber_delta: float = defaults.HUBER_DELTA
+    munchausen: Munchausen | None = None
 
-    def scalar(params, target_params, batch, discount_t, key) -> Terms:
+    def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         k_online, k_target, k_other = _splits(key, 3)
         q_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A]
         q_t_value = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
-        if munchausen_params is not None:  # the target network's policy at s_tm1 and s_t
+        if self.munchausen is not None:  # the target network's policy at s_tm1 and s_t
             q_tm1_target = networks.forward(
                 network, target_params, batch.obs, noise_key=k_target
             )  # [B, A]: the same noise as at s_t, one sample of the target network
-            td = jax.vmap(functools.partial(munchausen.munchausen_q_learning, **m_kwargs))(
-                q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_tm1_target
-            )
-        elif double_q:
+            td = jax.vmap(
+                functools.partial(m_lib.munchausen_q_learning, **self.munchausen._asdict())
+            )(q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_tm1_target)
+        elif self.double_q:
             # A separate, gradient-free forward pass: concatenating s and s' into
             # one pass would double the backward pass's work.
-            q_t_selector = select(params, target_params, batch.next_obs, k_other)
+            q_t_selector = _select(
+                network, params, target_params, batch.next_obs, k_other, self.double_q
+            )
             td = jax.vmap(losses.double_q_learning)(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_t_selector
             )
@@ -140,16 +164,31 @@ def make_objective(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value
             )
         abs_td = jnp.abs(td)
-        return Terms(elementwise(td), jax.lax.stop_gradient(abs_td), q_tm1,
-                     {"td_abs": jnp.mean(abs_td)})  # fmt: skip
+        loss = elementwise_loss(self.loss, self.huber_delta)(td)
+        return Terms(loss, jax.lax.stop_gradient(abs_td), q_tm1, {"td_abs": jnp.mean(abs_td)})
 
-    def categorical(params, target_params, batch, discount_t, key) -> Terms:
+
+@dataclasses.dataclass(frozen=True)
+class C51:
+    """C51's cross-entropy to the projected target distribution
+    (``distributional.categorical_double_q_learning`` / ``categorical_q_learning``)
+    over the head's support (``Head.atoms``). Priorities: the cross-entropy.
+
+    Attributes:
+      double_q: the online network's Q-values pick the next action (Rainbow).
+    """
+
+    kind: ClassVar[str] = "c51"
+    double_q: bool = True
+
+    def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         k_online, k_target, k_select = _splits(key, 3)
+        head = networks.head_of(network)
         atoms = head.atoms
         logits_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A, K]
         logits_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
-        if double_q:
-            q_t_selector = select(params, target_params, batch.next_obs, k_select)  # [B, A]
+        if self.double_q:
+            q_t_selector = _select(network, params, target_params, batch.next_obs, k_select, True)
             per_example = jax.vmap(
                 functools.partial(distributional.categorical_double_q_learning, atoms=atoms)
             )(logits_tm1, batch.action, batch.reward, discount_t, logits_t, q_t_selector)
@@ -160,54 +199,140 @@ def make_objective(
         q_tm1 = head.to_q_values(logits_tm1)
         return Terms(per_example, jax.lax.stop_gradient(per_example), q_tm1, {})
 
-    def quantile(params, target_params, batch, discount_t, key) -> Terms:
+
+@dataclasses.dataclass(frozen=True)
+class QR:
+    """QR-DQN's quantile Huber loss (``distributional.quantile_q_learning``) at the
+    head's fixed fractions. Priorities: the loss.
+
+    Attributes:
+      double_q: the online network's Q-values pick the next action; else the
+        target distribution's mean (QR-DQN's own choice).
+      kappa: the quantile Huber threshold.
+    """
+
+    kind: ClassVar[str] = "qr"
+    double_q: bool = True
+    kappa: float = defaults.HUBER_DELTA
+
+    def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         k_online, k_target, k_select = _splits(key, 3)
+        head = networks.head_of(network)
         dist_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, N, A]
         dist_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
         q_t_selector = dist_t  # QR-DQN's target network picks the next action
-        if double_q:  # as a one-row distribution: its mean over quantiles is itself
-            q_t_selector = select(params, target_params, batch.next_obs, k_select)[:, None]
+        if self.double_q:  # as a one-row distribution: its mean over quantiles is itself
+            q_t_selector = _select(network, params, target_params, batch.next_obs, k_select, True)[
+                :, None
+            ]
         taus = distributional.quantile_midpoints(head.num_quantiles)
         per_example = jax.vmap(
-            functools.partial(distributional.quantile_q_learning, huber_param=huber_delta),
+            functools.partial(distributional.quantile_q_learning, huber_param=self.kappa),
             in_axes=(0, None, 0, 0, 0, 0, 0),
         )(dist_tm1, taus, batch.action, batch.reward, discount_t, q_t_selector, dist_t)
         q_tm1 = head.to_q_values(dist_tm1)
         return Terms(per_example, jax.lax.stop_gradient(per_example), q_tm1, {})
 
-    def implicit_quantile(params, target_params, batch, discount_t, key) -> Terms:
+
+@dataclasses.dataclass(frozen=True)
+class IQN:
+    """IQN's quantile Huber loss at sampled fractions (``distributional.iqn_loss``),
+    or M-IQN's (``munchausen.munchausen_quantile_target``) with ``munchausen``.
+    Priorities: the loss. Needs a key (the fractions are sampled).
+
+    Attributes:
+      num_tau_samples: fractions per example for the online values (``N``).
+      num_tau_prime_samples: fractions per example for the target (``N'``).
+      double_q: the online network picks the next action; else the target one.
+      kappa: the quantile Huber threshold.
+      munchausen: M-IQN's hyperparameters, or None.
+    """
+
+    kind: ClassVar[str] = "iqn"
+    needs_key: ClassVar[bool] = True
+    num_tau_samples: int = defaults.IQN.num_tau_samples
+    num_tau_prime_samples: int = defaults.IQN.num_tau_prime_samples
+    double_q: bool = True
+    kappa: float = defaults.HUBER_DELTA
+    munchausen: Munchausen | None = None
+
+    def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         if key is None:
             raise ValueError("the IQN objective needs a key (fractions are sampled)")
+        head = networks.head_of(network)
         k_tau, k_tau_t, k_online, k_target, k_q_t, k_q_tm1 = jax.random.split(key, 6)
         b = batch.action.shape[0]
-        taus_tm1 = jax.random.uniform(k_tau, (b, num_tau_samples))  # [B, N]
-        taus_t = jax.random.uniform(k_tau_t, (b, num_tau_prime_samples))  # [B, N']
+        taus_tm1 = jax.random.uniform(k_tau, (b, self.num_tau_samples))  # [B, N]
+        taus_t = jax.random.uniform(k_tau_t, (b, self.num_tau_prime_samples))  # [B, N']
         dist_tm1 = networks.forward(
             network, params, batch.obs, taus=taus_tm1, noise_key=k_online
         )  # [B, N, A]
         dist_t = networks.forward(
             network, target_params, batch.next_obs, taus=taus_t, noise_key=k_target
         )  # [B, N', A]
-        if munchausen_params is None:
-            q_t_selector = select(params, target_params, batch.next_obs, k_q_t)[:, None]
+        if self.munchausen is None:
+            q_t_selector = _select(
+                network, params, target_params, batch.next_obs, k_q_t, self.double_q
+            )[:, None]
             per_example = jax.vmap(
-                functools.partial(distributional.iqn_loss, huber_param=huber_delta)
+                functools.partial(distributional.iqn_loss, huber_param=self.kappa)
             )(dist_tm1, taus_tm1, batch.action, batch.reward, discount_t, q_t_selector, dist_t)
         else:
             q_t_target = networks.q_values(network, target_params, batch.next_obs, k_q_t)
             q_tm1_target = networks.q_values(network, target_params, batch.obs, k_q_tm1)
-            target = jax.vmap(functools.partial(munchausen.munchausen_quantile_target, **m_kwargs))(
-                dist_t, q_t_target, q_tm1_target, batch.action, batch.reward, discount_t
-            )
+            target = jax.vmap(
+                functools.partial(m_lib.munchausen_quantile_target, **self.munchausen._asdict())
+            )(dist_t, q_t_target, q_tm1_target, batch.action, batch.reward, discount_t)
 
             def regression(dist, taus, a_tm1, target_t):
                 return distributional.quantile_regression_loss(
-                    dist[:, a_tm1], taus, target_t, huber_delta
+                    dist[:, a_tm1], taus, target_t, self.kappa
                 )
 
             per_example = jax.vmap(regression)(dist_tm1, taus_tm1, batch.action, target)
         q_tm1 = head.to_q_values(dist_tm1)
         return Terms(per_example, jax.lax.stop_gradient(per_example), q_tm1, {})
 
-    return {"q": scalar, "categorical": categorical, "quantile": quantile,
-            "iqn": implicit_quantile}[head.kind]  # fmt: skip
+
+def dqn(*, loss: str | Callable = "huber", huber_delta: float = defaults.HUBER_DELTA) -> DQN:
+    """DQN (Mnih et al., 2015): the target network picks the next action."""
+    return DQN(double_q=False, loss=loss, huber_delta=huber_delta)
+
+
+def double_dqn(*, loss: str | Callable = "huber", huber_delta: float = defaults.HUBER_DELTA) -> DQN:
+    """Double DQN (van Hasselt et al., 2016): the online network picks it."""
+    return DQN(double_q=True, loss=loss, huber_delta=huber_delta)
+
+
+def munchausen(
+    *,
+    tau: float = Munchausen.tau,
+    alpha: float = Munchausen.alpha,
+    l0: float = Munchausen.l0,
+    loss: str | Callable = "huber",
+    huber_delta: float = defaults.HUBER_DELTA,
+) -> DQN:
+    """Munchausen-DQN (Vieillard et al., 2020) on a "dqn" head."""
+    return DQN(loss=loss, huber_delta=huber_delta, munchausen=Munchausen(tau, alpha, l0))
+
+
+def c51(*, double_q: bool = True) -> C51:
+    """C51 (Bellemare et al., 2017) on a "c51" head."""
+    return C51(double_q=double_q)
+
+
+def qr(*, double_q: bool = True, kappa: float = defaults.HUBER_DELTA) -> QR:
+    """QR-DQN (Dabney et al., 2018a) on a "qr" head."""
+    return QR(double_q=double_q, kappa=kappa)
+
+
+def iqn(
+    *,
+    num_tau_samples: int = defaults.IQN.num_tau_samples,
+    num_tau_prime_samples: int = defaults.IQN.num_tau_prime_samples,
+    double_q: bool = True,
+    kappa: float = defaults.HUBER_DELTA,
+    munchausen: Munchausen | None = None,
+) -> IQN:
+    """IQN (Dabney et al., 2018b), or M-IQN with ``munchausen``, on an "iqn" head."""
+    return IQN(num_tau_samples, num_tau_prime_samples, double_q, kappa, munchausen)

@@ -30,8 +30,9 @@ import dataclasses
 import functools
 import os
 
+from dqnx.names import CONV_IMPLS
+
 PLATFORMS = ("cpu", "gpu", "tpu")
-CONV_IMPLS = ("auto", "patches", "xla")
 # jax.Device.platform and a few backend names -> the platform JAX's default_backend names.
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 

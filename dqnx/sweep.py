@@ -16,7 +16,7 @@ the program's structure, so each distinct combination of them is one program,
 and the programs run one after another. Any other field is a ``ConfigError``.
 
 This module only parses and plans (no JAX); ``compiled.hyper`` turns a plan's
-runs into the traced values, ``builder.validate`` checks devices and memory.
+runs into the traced values, ``checks.validate`` checks devices and memory.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def plan(config: Config) -> Plan:
 
     Raises:
       ConfigError: as ``parse`` and ``configurations``; a configuration whose
-        values fail ``Config.validate`` (one line naming it); a sweep of a host
+        values fail ``Config.check_fields`` (one line naming it); a sweep of a host
         environment.
     """
     if ":" in config.env_name:
@@ -289,7 +289,7 @@ def plan(config: Config) -> Plan:
     first: dict[tuple, Config] = {}
     for c, overrides in enumerate(configs):
         try:
-            single = config.replace(**overrides).validate()
+            single = config.replace(**overrides).check_fields()
         except ConfigError as e:
             shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
             raise ConfigError(f"--sweep configuration {c} ({shown}): {e}") from None

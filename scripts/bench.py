@@ -53,7 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from dqnx import builder, compiled, xla  # noqa: E402
+from dqnx import builder, checks, compiled, xla  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
 
 flags.DEFINE_integer("iterations", 2000, "Iterations per timed chunk (full loop and parts).")
@@ -274,7 +274,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     spi = config.steps_per_iteration
     seeds = config.num_seeds
     # The chunk the full loop runs is fns.chunk: set its length via log_every.
-    config = builder.validate(config.replace(log_every=n * spi))
+    config = checks.validate(config.replace(log_every=n * spi))
     layout = builder.choose_layout(config)
     fns = compiled.make_train(config, layout=layout)
     assert fns.config.iterations_per_chunk == n
@@ -513,7 +513,7 @@ def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
     fl = flags.FLAGS
-    config = builder.validate(dqnx_flags.config_from_flags())
+    config = checks.validate(dqnx_flags.config_from_flags())
     info = benchlib.machine_info()
     result = bench(config, fl.iterations, fl.chunks, fl.matmul_size, fl.matmul_repeats)
     mm = result.pop("matmul")

@@ -56,7 +56,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from dqnx import builder  # noqa: E402
+from dqnx import builder, checks  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
 from dqnx.host_actors import HostActorProgram  # noqa: E402
 from dqnx.types import Transition  # noqa: E402
@@ -277,7 +277,7 @@ def synchronous(config, seconds: float) -> dict:
 def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
-    config = builder.validate(dqnx_flags.config_from_flags())
+    config = checks.validate(dqnx_flags.config_from_flags())
     if not builder.uses_host_actors(config):
         sys.exit(f"error: --env_name={config.env_name} is not a host environment (LIB:ID)")
     seconds = flags.FLAGS.seconds

@@ -24,7 +24,7 @@ import benchlib  # noqa: E402
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from dqnx import builder, compiled, xla  # noqa: E402
+from dqnx import builder, checks, compiled, xla  # noqa: E402
 from dqnx import flags as dqnx_flags  # noqa: E402
 
 flags.DEFINE_list("seeds", ["1", "8", "32"], "Seed counts to measure.")
@@ -61,7 +61,7 @@ def measure(config, chunks):
 def main(argv):
     dqnx_flags.define_flags()
     flags.FLAGS(argv)
-    base = builder.validate(dqnx_flags.config_from_flags())
+    base = checks.validate(dqnx_flags.config_from_flags())
     info = {"config": base.env_name, **benchlib.machine_info()}
     print(
         f"# {info['config']} on {info['backend']}: {info['cpu']} ({info['cores']} cores, "
@@ -71,7 +71,7 @@ def main(argv):
     print(f"{'seeds':>6} {'seeds x data':>13} {'compile_s':>10} {'evaluate_s':>11} {'steps/s':>12}")
     rows = []
     for s in flags.FLAGS.seeds:
-        row = measure(builder.validate(base.replace(num_seeds=int(s))), flags.FLAGS.chunks)
+        row = measure(checks.validate(base.replace(num_seeds=int(s))), flags.FLAGS.chunks)
         rows.append(row)
         layout = "x".join(map(str, row["layout"]))
         print(

@@ -17,7 +17,7 @@ import pytest
 from jax_cache import compilation_cache_env
 from tiny_configs import CARTPOLE
 
-from dqnx import checkpoint, shell
+from dqnx import checkpoint, shell, train
 from dqnx.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,16 +87,16 @@ SMALL = CARTPOLE
 
 
 def test_resume_is_bit_exact_and_drift_is_an_error(tmp_path):
-    full = shell.run(SMALL, tmp_path / "full", quiet=True)
-    part = shell.run(SMALL.replace(total_steps=1_000), tmp_path / "resumed", quiet=True)
+    full = train.run(SMALL, tmp_path / "full", quiet=True)
+    part = train.run(SMALL.replace(total_steps=1_000), tmp_path / "resumed", quiet=True)
     assert part["params_digest"] != full["params_digest"]
-    resumed = shell.run(SMALL, tmp_path / "resumed", quiet=True)
+    resumed = train.run(SMALL, tmp_path / "resumed", quiet=True)
     assert resumed["resumed_from"] == 1_000
     assert resumed["params_digest"] == full["params_digest"]
     steps = [json.loads(x)["env_steps"] for x in (tmp_path / "resumed/metrics.jsonl").open()]
     assert steps == sorted(set(steps)) and steps[-1] == 2_000
     with pytest.raises(ConfigError, match=r"--gamma \(0.99 -> 0.5\).*allow_config_change"):
-        shell.run(SMALL.replace(gamma=0.5), tmp_path / "resumed", quiet=True)
+        train.run(SMALL.replace(gamma=0.5), tmp_path / "resumed", quiet=True)
     # Evaluating the final checkpoint reproduces the run's own final evaluation.
     from dqnx import evaluate
 
@@ -108,7 +108,7 @@ def test_resume_is_bit_exact_and_drift_is_an_error(tmp_path):
 def test_nonfinite_loss_stops_with_the_env_step(tmp_path):
     bad = SMALL.replace(learning_rate=1e30, max_grad_norm=0.0, checkpoint_every=200)
     with pytest.raises(shell.Diverged, match=r"non-finite .* at env step [\d,]+ .*checkpoint"):
-        shell.run(bad, tmp_path / "nan", quiet=True)
+        train.run(bad, tmp_path / "nan", quiet=True)
     assert not (tmp_path / "nan" / "summary.json").exists()
 
 

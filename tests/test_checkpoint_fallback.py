@@ -15,7 +15,7 @@ import pytest
 from tiny_configs import CARTPOLE
 
 import dqnx
-from dqnx import builder, checkpoint, evaluate, shell
+from dqnx import checkpoint, checks, evaluate, shell, train
 from dqnx.config import ConfigError
 from dqnx.shell.resume import Resumer
 
@@ -36,7 +36,7 @@ def reference(tmp_path_factory):
     programs = []
 
     def build(config):
-        programs.append(shell.make_program(config))
+        programs.append(train.make_program(config))
         return programs[-1]
 
     workdir = tmp_path_factory.mktemp("reference")
@@ -241,7 +241,7 @@ def test_workdir_problems_are_one_line_errors_before_compiling(tmp_path, monkeyp
     fails(locked, f"--workdir={locked} is not writable$")
     monkeypatch.undo()
 
-    need = builder.checkpoint_bytes(CONFIG)
+    need = checks.checkpoint_bytes(CONFIG)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 5000, 5000))
     fails(tmp_path / "new", r"has 4.9 KiB free, but one checkpoint of this run needs about 1\.")
@@ -253,7 +253,7 @@ def test_workdir_problems_are_one_line_errors_before_compiling(tmp_path, monkeyp
 def test_checkpoint_size_estimate_covers_a_real_checkpoint(reference):
     ckpt = reference[0] / "checkpoints" / str(reference[2][-1])
     actual = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
-    assert actual <= builder.checkpoint_bytes(CONFIG) <= actual + 2**20 + 100_000
+    assert actual <= checks.checkpoint_bytes(CONFIG) <= actual + 2**20 + 100_000
 
 
 def test_workdir_that_is_a_file_on_the_command_line(tmp_path):
@@ -277,10 +277,10 @@ def test_host_actor_run_falls_back_to_the_previous_checkpoint(tmp_path, capsys):
         checkpoint_every=200, eval_every=0, eval_episodes=1, tensorboard=False,
         env_options=("max_episode_steps=60",),
     )  # fmt: skip
-    shell.run(config, tmp_path, quiet=True)
+    train.run(config, tmp_path, quiet=True)
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [264, 464]
     DAMAGE["array data"](tmp_path / "checkpoints" / "464")
-    summary = shell.run(config.replace(total_steps=664), tmp_path)
+    summary = train.run(config.replace(total_steps=664), tmp_path)
     assert summary["resumed_from"] == 264 and summary["env_steps_per_seed"] == 664
     assert (tmp_path / "checkpoints" / "464.corrupt").is_dir()
     assert "checkpoints/464 is corrupt" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 from absl import flags as absl_flags
 
 import dqnx
-from dqnx import builder
+from dqnx import checks
 from dqnx import flags as dqnx_flags
 from dqnx.config import ConfigError
 
@@ -33,7 +33,7 @@ def test_all_shipped_configs_validate():
         "space_invaders_minatar",
     } <= names
     for path in CONFIGS:
-        builder.validate(parse(f"--flagfile={path}"))
+        checks.validate(parse(f"--flagfile={path}"))
 
 
 def test_reference_config_is_exact():
@@ -91,20 +91,20 @@ def test_dict_round_trip():
 )
 def test_validation_messages(changes, message):
     with pytest.raises(ConfigError, match=message):
-        builder.validate(dqnx.Config(**changes))
+        checks.validate(dqnx.Config(**changes))
 
 
 def test_seeds_over_devices_need_no_divisible_sizes():
     # 2 seeds on 2 devices: whole seeds per device, nothing of a seed is split.
-    builder.validate(dqnx.Config(num_seeds=2, num_devices=2, num_envs=3))
+    checks.validate(dqnx.Config(num_seeds=2, num_devices=2, num_envs=3))
 
 
 def test_per_field_checks_need_no_environment_or_devices():
-    """``Config.validate`` checks fields alone; the env name is checked by the builder."""
+    """``Config.check_fields`` checks fields alone; the env name is checked by the builder."""
     config = dqnx.Config(env_name="NoSuchEnv-v0")
-    assert config.validate() is config
+    assert config.check_fields() is config
     with pytest.raises(ConfigError, match="--env_name=NoSuchEnv-v0: unknown gymnax environment"):
-        builder.validate(config)
+        checks.validate(config)
 
 
 def test_result_neutral_fields_are_marked_on_the_fields():

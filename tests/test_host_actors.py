@@ -18,7 +18,7 @@ from jax_cache import compilation_cache_env
 from tiny_configs import CARTPOLE
 
 import dqnx
-from dqnx import builder, checkpoint, host_envs
+from dqnx import checkpoint, checks, host_envs
 from dqnx.host_actors import ActorCore, ActorThread, ParameterServer
 from dqnx.networks import MLP
 
@@ -262,7 +262,7 @@ def test_an_environment_error_stops_the_run(tmp_path):
     def make_env(n, seed, **_):
         return Broken(host_envs.make_scripted_env(n, 7, None))
 
-    config = builder.validate(
+    config = checks.validate(
         dqnx.Config(
             env_name="gymnasium:CartPole-v1",
             num_envs=4,
@@ -287,7 +287,7 @@ def test_an_environment_error_stops_the_run(tmp_path):
 def test_distributional_noisy_munchausen_learner_on_host_actors(tmp_path):
     """IQN + M-IQN + noisy nets + prioritized replay, epsilon 0: the actor threads
     and the evaluation act on the quantile means with keyed noise and fractions."""
-    config = builder.validate(
+    config = checks.validate(
         CARTPOLE.replace(
             env_name="gymnasium:CartPole-v1",
             num_seeds=1,
@@ -313,7 +313,7 @@ def test_distributional_noisy_munchausen_learner_on_host_actors(tmp_path):
             env_options=("max_episode_steps=60",),
         )  # fmt: skip
     )
-    summary = dqnx.shell.run(config, tmp_path, quiet=True)
+    summary = dqnx.train.run(config, tmp_path, quiet=True)
     assert summary["env_steps_per_seed"] == 1_000
     assert 0 < summary["eval_return_per_seed"][0] <= 60
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -17,7 +17,7 @@ from jax_cache import compilation_cache_env
 from tiny_configs import CARTPOLE
 
 import dqnx
-from dqnx import builder, checkpoint
+from dqnx import checkpoint, checks
 from dqnx.host_actors import HostActorProgram
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ CONFIGS = {
 
 
 def run(tmp_path, name, threads, delays=False, **changes):
-    config = builder.validate(
+    config = checks.validate(
         CARTPOLE.replace(**COMMON, **CONFIGS[name], actor_threads=threads, **changes)
     )
     rng = np.random.default_rng()  # unseeded: the timing differs every run

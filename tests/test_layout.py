@@ -20,6 +20,10 @@ BLOCKS = (
     "replay",
     "types",
     "errors",
+    "defaults",
+    "heads",
+    "distributional",
+    "munchausen",
 )
 
 
@@ -107,10 +111,33 @@ def test_no_import_cycles():
             visit(node)
 
 
+def reached(name: str) -> set[str]:
+    """Every dqnx module ``name`` imports, directly or through others."""
+    edges = graph()
+    seen, todo = set(), [name]
+    while todo:
+        for nxt in edges[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_shell_knows_no_execution_mode():
+    """The host loop drives any ``Program``: no module of ``dqnx.shell`` reaches
+    the compiled or the host-actor mode, even lazily; ``dqnx.train`` picks one."""
+    for name in modules():
+        if name.startswith("dqnx.shell"):
+            modes = {
+                m for m in reached(name) if m.startswith(("dqnx.compiled", "dqnx.host_actors"))
+            }
+            assert not modes, f"{name} reaches {sorted(modes)}"
+    assert {"dqnx.compiled", "dqnx.host_actors"} <= reached("dqnx.train")
+
+
 def test_the_graph_reader_sees_lazy_imports():
     """The checks above read imports inside functions too (a lazy import is still a
-    dependency): builder's lazy import of sweep is an edge."""
-    assert "dqnx.sweep" in graph()["dqnx.builder"]
+    dependency): checks' lazy import of sweep is an edge."""
+    assert "dqnx.sweep" in graph()["dqnx.checks"]
     assert "dqnx.errors" in graph()["dqnx.envs"]
 
 

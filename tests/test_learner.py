@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from dqnx import actor, envs, learner
+from dqnx import actor, envs, learner, networks, objectives
 from dqnx.types import Transition
 
 
@@ -50,7 +50,9 @@ def make_state(learn):
     ],
 )
 def test_loss_on_hand_built_transitions(double_q, expected_td):
-    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, double_q=double_q, loss="mse")
+    learn = learner.make_learner(
+        Linear(), optax.sgd(0.0), objectives.DQN(double_q, "mse"), gamma=0.9
+    )
     _, metrics = jax.jit(learn.update)(make_state(learn), BATCH)
     np.testing.assert_allclose(metrics["loss"], np.mean(np.square(expected_td)), rtol=1e-6)
     np.testing.assert_allclose(metrics["td_abs"], np.mean(np.abs(expected_td)), rtol=1e-6)
@@ -58,7 +60,9 @@ def test_loss_on_hand_built_transitions(double_q, expected_td):
 
 def test_gradient_step_matches_numpy():
     lr = 0.1
-    learn = learner.make_learner(Linear(), optax.sgd(lr), gamma=0.9, double_q=True, loss="mse")
+    learn = learner.make_learner(
+        Linear(), optax.sgd(lr), objectives.double_dqn(loss="mse"), gamma=0.9
+    )
     state, _ = learn.update(make_state(learn), BATCH)
     # loss = mean(td^2), td = target - Q(s)[a]; dL/dw[:, a] = -2/B * td * s
     td = np.array([-1.0, -1.6])
@@ -69,14 +73,18 @@ def test_gradient_step_matches_numpy():
 
 
 def test_huber_option():
-    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, loss="huber", huber_delta=1.0)
+    learn = learner.make_learner(
+        Linear(), optax.sgd(0.0), objectives.double_dqn(huber_delta=1.0), gamma=0.9
+    )
     _, metrics = learn.update(make_state(learn), BATCH)
     # |td| = [1.0, 1.6]: 0.5 * 1^2 = 0.5 and 1.6 - 0.5 = 1.1
     np.testing.assert_allclose(metrics["loss"], (0.5 + 1.1) / 2, rtol=1e-6)
 
 
 def test_hard_target_refresh_period():
-    learn = learner.make_learner(Linear(), optax.sgd(0.1), gamma=0.9, target_update_period=3)
+    learn = learner.make_learner(
+        Linear(), optax.sgd(0.1), objectives.double_dqn(), gamma=0.9, target_update_period=3
+    )
     state = make_state(learn)
     update = jax.jit(learn.update)
     for i in range(1, 7):
@@ -92,7 +100,7 @@ def test_hard_target_refresh_period():
 
 def test_polyak_target():
     learn = learner.make_learner(
-        Linear(), optax.sgd(0.1), gamma=0.9, tau=0.25, target_update_period=1
+        Linear(), optax.sgd(0.1), objectives.double_dqn(), gamma=0.9, tau=0.25
     )
     state, _ = learn.update(make_state(learn), BATCH)
     w = state.params["params"]["w"]
@@ -142,7 +150,9 @@ def test_weighted_update_with_nstep_discount():
         terminated=jnp.array([True, False]),
         discount=jnp.array([0.0, 0.729]),
     )
-    learn = learner.make_learner(Linear(), optax.sgd(0.0), gamma=0.9, double_q=True, loss="mse")
+    learn = learner.make_learner(
+        Linear(), optax.sgd(0.0), objectives.double_dqn(loss="mse"), gamma=0.9
+    )
     weights = jnp.array([0.25, 1.0])
     _, metrics, priority = jax.jit(learn.update_weighted)(make_state(learn), batch, weights)
     expected_td = np.array([2.0 - 2.0, 1.5 + 0.729 * 1.0 - 3.0])
@@ -154,3 +164,25 @@ def test_weighted_update_with_nstep_discount():
     _, plain = jax.jit(learn.update)(make_state(learn), batch)
     _, unit, _ = jax.jit(learn.update_weighted)(make_state(learn), batch, jnp.ones(2))
     np.testing.assert_allclose(plain["loss"], unit["loss"], rtol=1e-6)
+
+
+def test_refresh_target_copies_on_the_period_and_averages_with_tau():
+    online, target = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([-1.0, 0.0])}
+    for n in range(1, 7):
+        hard = learner.refresh_target(online, target, jnp.int32(n), period=3)
+        np.testing.assert_array_equal(hard["w"], [1.0, 2.0] if n % 3 == 0 else [-1.0, 0.0])
+    soft = learner.refresh_target(online, target, jnp.int32(4), period=2, tau=0.1)
+    np.testing.assert_allclose(soft["w"], [0.1 * 1 + 0.9 * -1, 0.1 * 2], rtol=1e-6)
+    kept = learner.refresh_target(online, target, jnp.int32(5), period=2, tau=0.1)
+    np.testing.assert_array_equal(kept["w"], target["w"])
+
+
+@pytest.mark.parametrize("objective", [objectives.c51(), objectives.qr(), objectives.iqn()])
+def test_an_objective_for_another_head_is_refused(objective):
+    """A network without a distributional head (Q-values) and a C51/QR/IQN
+    objective: an error naming both heads, never a silent DQN."""
+    with pytest.raises(ValueError, match=f"reads a '{objective.kind}' head.*'dqn' head"):
+        learner.make_learner(Linear(), optax.sgd(0.1), objective, gamma=0.9)
+    network = networks.make_q_network("mlp", (2,), 2, (4,), head=networks.Head("c51"))
+    with pytest.raises(ValueError, match="'dqn' head, but the network ends in a 'c51'"):
+        learner.make_learner(network, optax.sgd(0.1), objectives.double_dqn(), gamma=0.9)

@@ -327,8 +327,8 @@ def test_make_q_network_auto_picks_nature_cnn_for_channel_first_images():
 # Heads: every torso ends in a ``Head``; ``q_values`` maps any head's output to Q-values.
 HEAD_OBS = jnp.asarray(np.random.default_rng(7).normal(size=(3, 5)), jnp.float32)
 HEADS = {
-    "c51": networks.Head("categorical", num_atoms=7, v_min=-2.0, v_max=4.0),
-    "qr": networks.Head("quantile", num_quantiles=6),
+    "c51": networks.Head("c51", num_atoms=7, v_min=-2.0, v_max=4.0),
+    "qr": networks.Head("qr", num_quantiles=6),
     "iqn": networks.Head("iqn", num_quantile_samples=4, embedding_dim=8),
 }
 

@@ -42,7 +42,9 @@ def test_munchausen_dqn_loss_is_the_munchausen_td_error():
     errors (online q_tm1, target q_t and q_tm1); priorities are their magnitudes."""
     network = net()
     m = objectives.Munchausen(tau=0.1, alpha=0.9, l0=-1.0)
-    learn = learner.make_learner(network, optax.sgd(0.0), gamma=0.9, loss="mse", munchausen=m)
+    learn = learner.make_learner(
+        network, optax.sgd(0.0), objectives.DQN(loss="mse", munchausen=m), gamma=0.9
+    )
     state = state_with_distinct_target(learn, network)
 
     @jax.jit
@@ -66,9 +68,9 @@ def test_c51_priorities_are_its_cross_entropy_and_go_to_replay():
     """Prioritized learn step (C51, Double): the learner weights the per-example
     cross-entropy and writes it (computed here directly from the head's logits) as
     each sampled item's priority."""
-    head = networks.Head("categorical", num_atoms=5, v_min=-3.0, v_max=3.0)
+    head = networks.Head("c51", num_atoms=5, v_min=-3.0, v_max=3.0)
     network = net(head, dueling=True)
-    learn = learner.make_learner(network, optax.sgd(0.0), gamma=0.9, double_q=True)
+    learn = learner.make_learner(network, optax.sgd(0.0), objectives.c51(double_q=True), gamma=0.9)
     state = state_with_distinct_target(learn, network)
     alpha = 0.5
     buffer = prioritized.prioritized_replay(8, add_batch_size=B, priority_exponent=alpha)
@@ -96,14 +98,18 @@ def test_c51_priorities_are_its_cross_entropy_and_go_to_replay():
         np.testing.assert_allclose(stored[i], p, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["quantile", "iqn"])
+@pytest.mark.parametrize("kind", ["qr", "iqn"])
 def test_quantile_priorities_are_the_per_example_loss(kind):
     """QR-DQN: priorities are ``quantile_q_learning`` of each example, computed here
     directly; QR and IQN: the weighted loss is the mean of weights x priorities."""
     head = networks.Head(kind, num_quantiles=5, num_quantile_samples=3, embedding_dim=4)
     network = net(head)
-    learn = learner.make_learner(network, optax.sgd(0.0), gamma=0.9, huber_delta=1.0,
-                                 num_tau_samples=4, num_tau_prime_samples=6)  # fmt: skip
+    objective = (
+        objectives.qr(kappa=1.0)
+        if kind == "qr"
+        else objectives.iqn(num_tau_samples=4, num_tau_prime_samples=6, kappa=1.0)
+    )
+    learn = learner.make_learner(network, optax.sgd(0.0), objective, gamma=0.9)
     state = state_with_distinct_target(learn, network)
     assert (state.key is not None) == (kind == "iqn")  # IQN samples its fractions
 
@@ -132,7 +138,7 @@ def test_noisy_learner_keys_are_per_update_and_deterministic():
     """A noisy learner keeps a key; update k draws fold_in(key, k): the same state
     updates to the same result, the next update draws other noise."""
     network = net(networks.Head(noisy=True))
-    learn = learner.make_learner(network, optax.adam(1e-2), gamma=0.9)
+    learn = learner.make_learner(network, optax.adam(1e-2), objectives.double_dqn(), gamma=0.9)
     update = jax.jit(learn.update)
     s0 = jax.jit(learn.init)(jax.random.key(0), BATCH.obs)
     assert s0.key is not None
@@ -166,8 +172,11 @@ def test_noisy_greedy_actions_ignore_the_noise_and_acting_uses_it():
     assert any((n != greedy[0]).any() for n in noisy)  # sigma0 = 5: the noise flips some
 
 
-def test_munchausen_needs_a_q_or_iqn_head():
-    with pytest.raises(ValueError, match="Munchausen"):
-        objectives.make_objective(
-            net(networks.Head("categorical")), munchausen_params=objectives.Munchausen()
+def test_munchausen_is_a_dqn_or_iqn_objective_and_needs_their_head():
+    """Munchausen exists only as DQN's and IQN's option; on a C51 network it is
+    refused for the head it reads."""
+    assert objectives.munchausen() == objectives.DQN(munchausen=objectives.Munchausen())
+    with pytest.raises(ValueError, match="reads a 'dqn' head"):
+        learner.make_learner(
+            net(networks.Head("c51")), optax.sgd(0.0), objectives.munchausen(), gamma=0.9
         )

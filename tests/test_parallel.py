@@ -85,12 +85,12 @@ from dqnx import parallel
 parallel.initialize_distributed("127.0.0.1:{port}", 2, {pid})
 import jax
 import dqnx
-from dqnx import shell
+from dqnx import train
 config = dqnx.Config(env_name="CartPole-v1", num_seeds=1, num_devices=4, num_envs=4,
                      buffer_size=1000, batch_size=32, hidden_sizes=(16,), learning_starts=64,
                      total_steps=1200, log_every=400, checkpoint_every=400, eval_every=0,
                      eval_episodes=2, tensorboard=False)
-s = shell.run(config, {workdir!r})
+s = train.run(config, {workdir!r})
 print(json.dumps({{"pid": jax.process_index(), "processes": jax.process_count(),
                   "devices": jax.device_count(), "local": s["local_params_digest"],
                   "global": s["params_digest"]}}))
@@ -134,12 +134,12 @@ from dqnx import parallel
 parallel.initialize_distributed("127.0.0.1:{port}", 2, {pid})
 import jax
 import dqnx
-from dqnx import shell
+from dqnx import train
 config = dqnx.Config(env_name="CartPole-v1", num_seeds=2, num_envs=4, buffer_size=500,
                      batch_size=16, hidden_sizes=(8,), learning_starts=64, total_steps=600,
                      log_every=200, eval_every=0, eval_episodes=2, tensorboard=False,
                      seed_group_size=1, sweep=("learning_rate=1e-3,3e-4",))
-s = shell.run(config, {workdir!r})
+s = train.run(config, {workdir!r})
 print(json.dumps({{"pid": jax.process_index(), "runs": s["runs"]}}))
 """
 

@@ -225,9 +225,9 @@ def test_config_checks_the_new_flags():
     from dqnx.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--compute_dtype"):
-        Config(compute_dtype="float16").validate()
+        Config(compute_dtype="float16").check_fields()
     with pytest.raises(ConfigError, match="--conv_impl"):
-        Config(conv_impl="cudnn").validate()
+        Config(conv_impl="cudnn").check_fields()
     assert "conv_impl" in Config.result_neutral_fields()
     assert "compute_dtype" not in Config.result_neutral_fields()
     # the default network of a Head-less plain config is unchanged

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny_configs import CARTPOLE
 
-from dqnx import compiled, evaluate, shell
+from dqnx import compiled, evaluate, train
 
 TINY = CARTPOLE.replace(num_seeds=1, log_every=1_000, checkpoint_every=2_000, eval_every=0)
 
@@ -16,7 +16,7 @@ TINY = CARTPOLE.replace(num_seeds=1, log_every=1_000, checkpoint_every=2_000, ev
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("render") / "cartpole"
-    shell.run(TINY, path, quiet=True)
+    train.run(TINY, path, quiet=True)
     return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dqnx
-from dqnx import builder, shell, sweep
+from dqnx import checks, sweep, train
 from dqnx.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,17 +101,17 @@ def test_random_search_draws_are_fixed_by_the_seed():
 )
 def test_sweep_errors_are_one_line_before_any_compile(items, extra, message):
     with pytest.raises(ConfigError) as e:
-        builder.validate(TINY.replace(sweep=items, **extra))
+        checks.validate(TINY.replace(sweep=items, **extra))
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_memory_guard_says_how_many_runs_fit(monkeypatch):
-    per_run = builder.replay_bytes(TINY.replace(num_seeds=1), (4,), np.float32)
-    monkeypatch.setattr(builder, "device_memory_bytes", lambda: int(6.5 * per_run / 0.8))
+    per_run = checks.replay_bytes(TINY.replace(num_seeds=1), (4,), np.float32)
+    monkeypatch.setattr(checks, "device_memory_bytes", lambda: int(6.5 * per_run / 0.8))
     config = TINY.replace(sweep=("learning_rate=1e-3,3e-4", "gamma=0.9,0.99"))  # 8 runs
     with pytest.raises(ConfigError, match=r"\(8 runs x --buffer_size=1000\) .*: 6 runs fit"):
-        builder.validate(config)
-    builder.validate(config.replace(num_seeds=1))  # 4 runs fit
+        checks.validate(config)
+    checks.validate(config.replace(num_seeds=1))  # 4 runs fit
 
 
 def test_flags_take_repeated_sweep_items():
@@ -145,9 +145,9 @@ def swept(tmp_path_factory):
     """The two-program sweep, run to 1,200 env steps, then resumed to 2,000; and
     MEMBER's 2-seed run alone, straight to 2,000."""
     root = tmp_path_factory.mktemp("sweep")
-    shell.run(SWEEP.replace(total_steps=1_200), root / "sweep", quiet=True)
-    summary = shell.run(SWEEP, root / "sweep", quiet=True)
-    alone = shell.run(TINY.replace(**MEMBER), root / "alone", quiet=True)
+    train.run(SWEEP.replace(total_steps=1_200), root / "sweep", quiet=True)
+    summary = train.run(SWEEP, root / "sweep", quiet=True)
+    alone = train.run(TINY.replace(**MEMBER), root / "alone", quiet=True)
     return root, summary, alone
 
 
@@ -175,8 +175,8 @@ def test_priority_exponent_munchausen_tau_and_kappa_trace_bit_for_bit(tmp_path):
     items = ("priority_exponent=0.4,0.6", "munchausen_tau=0.1", "huber_delta=2")
     (program,) = sweep.plan(IQN.replace(sweep=items)).programs
     assert program.traced == ("priority_exponent", "munchausen_tau", "huber_delta")
-    summary = shell.run(IQN.replace(sweep=items), tmp_path / "sweep", quiet=True)
-    alone = shell.run(IQN.replace(**IQN_MEMBER), tmp_path / "alone", quiet=True)
+    summary = train.run(IQN.replace(sweep=items), tmp_path / "sweep", quiet=True)
+    alone = train.run(IQN.replace(**IQN_MEMBER), tmp_path / "alone", quiet=True)
     digests = [r["params_digest"] for r in summary["runs"]]
     assert digests[:2] == alone["params_digest"]
     assert len(set(digests)) == 4

@@ -12,7 +12,7 @@ import pytest
 from tiny_configs import CARTPOLE
 
 import dqnx
-from dqnx import builder, compiled, shell, xla
+from dqnx import builder, compiled, train, xla
 from dqnx.compiled import seed_group_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ TINY = CARTPOLE.replace(
 
 @pytest.fixture(scope="module")
 def tiny_fns():
-    return compiled.make_train(TINY.validate())
+    return compiled.make_train(TINY.check_fields())
 
 
 def start_program(fns):
@@ -58,7 +58,7 @@ def test_seeds_are_independent(tiny_fns):
     keys = jax.random.key_data(state.actor.key)
     assert not np.array_equal(keys[0], keys[1])  # own exploration keys
     # seed i of a sweep is the run of --seed=seed+i
-    single = compiled.make_train(TINY.replace(num_seeds=1, seed=1).validate())
+    single = compiled.make_train(TINY.replace(num_seeds=1, seed=1).check_fields())
     w1 = np.asarray(jax.jit(single.init)().learner.params["params"]["Dense_0"]["kernel"])
     np.testing.assert_array_equal(w1[0], w[1])
 
@@ -94,31 +94,32 @@ def test_one_chunk_program_runs_any_length(tiny_fns):
     assert int(m3.num_updates) + int(m2.num_updates) == int(m5.num_updates) == 5
 
 
-def test_chunk_reports_the_env_step_of_the_first_nonfinite_loss():
+def test_chunk_reports_the_env_step_of_the_first_nonfinite_loss(monkeypatch):
     """A learner whose loss turns NaN from its 4th update on: the chunk names the
     env step of that iteration (200 prefill steps + 4 iterations of 4 steps)."""
-    from dqnx import learner as learner_lib
+    config = TINY.check_fields()
+    make_learner = builder.make_learner
 
-    config = TINY.validate()
-    network = builder.make_network(config, (4,), 2)
-    base = builder.make_learner(config, network)
+    def nan_from_update_4(*args, **kwargs):
+        base = make_learner(*args, **kwargs)
 
-    def update(state, batch):
-        state, metrics = base.update(state, batch)
-        loss = jnp.where(state.num_updates >= 4, jnp.nan, metrics["loss"])
-        return state, dict(metrics, loss=loss)
+        def update(state, batch):
+            state, metrics = base.update(state, batch)
+            loss = jnp.where(state.num_updates >= 4, jnp.nan, metrics["loss"])
+            return state, dict(metrics, loss=loss)
 
-    fns = compiled.make_train(
-        config, network=network, learner=learner_lib.Learner(base.init, update)
-    )
+        return base._replace(update=update)
+
+    monkeypatch.setattr(builder, "make_learner", nan_from_update_4)
+    fns = compiled.make_train(config)
     state, _ = prefilled(fns)
     _, metrics = jax.jit(fns.run_chunk)(state, jnp.int32(10))
     np.testing.assert_array_equal(np.asarray(metrics.first_nonfinite), [216, 216])
 
 
 def test_run_is_deterministic_and_writes_contract_files(tmp_path):
-    a = shell.run(TINY, tmp_path / "a", quiet=True)
-    b = shell.run(TINY, tmp_path / "b", quiet=True)
+    a = train.run(TINY, tmp_path / "a", quiet=True)
+    b = train.run(TINY, tmp_path / "b", quiet=True)
     assert a["params_digest"] == b["params_digest"]
     assert len(a["params_digest"]) == 2 and a["params_digest"][0] != a["params_digest"][1]
     assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in a["params_digest"])
@@ -160,7 +161,7 @@ def test_cartpole_learns(tmp_path):
     dqnx_flags.define_flags(fv)
     fv([sys.argv[0], f"--flagfile={flags}", "--total_steps=60000", "--eval_every=0"])
     config = dqnx_flags.config_from_flags(fv).replace(num_seeds=1, seed=0)
-    summary = shell.run(config, tmp_path / "cp", quiet=True)
+    summary = train.run(config, tmp_path / "cp", quiet=True)
     assert summary["eval_return_mean"] >= 150, summary["eval_return_per_seed"]
 
 
@@ -264,7 +265,7 @@ def test_apex_rainbow_options_compose():
         exploration="apex",
         actor_sync_period=3,
         updates_per_iteration=2,
-    ).validate()
+    ).check_fields()
     fns = compiled.make_train(config)
     state, _ = prefilled(fns)
     assert int(state.env_steps) == config.prefill_steps == 200  # 8 warm-up + 48 x 4
@@ -324,7 +325,7 @@ def _head_shapes(params) -> dict:
 )
 def test_learner_options_train(options, shapes):
     """QR-DQN, M-DQN and noisy M-IQN train a few chunks in the compiled mode."""
-    config = FAMILY.replace(**options).validate()
+    config = FAMILY.replace(**options).check_fields()
     fns = compiled.make_train(config, layout=builder.choose_layout(config))
     programs = compiled.compile_train(fns, training=True)
     state, _ = programs.prefill(programs.initial_state)
@@ -351,7 +352,7 @@ def test_rainbow_full_composes_and_noisy_runs_are_deterministic():
     config = FAMILY.replace(
         learner="c51", prioritized=True, n_step=3, dueling=True, noisy=True, double_q=True,
         exploration="apex", actor_sync_period=3, updates_per_iteration=2,
-    ).validate()  # fmt: skip
+    ).check_fields()  # fmt: skip
     fns = compiled.make_train(config)
     start_and_prefill = start_program(fns)
     start = lambda: start_and_prefill()[0]
@@ -392,7 +393,7 @@ def test_seed_groups_match_all_seeds_at_once():
     base = TINY.replace(num_seeds=4, prioritized=True, n_step=3, total_steps=1_200)
 
     def run(group):
-        config = base.replace(seed_group_size=group).validate()
+        config = base.replace(seed_group_size=group).check_fields()
         fns = compiled.make_train(config)
         assert fns.seed_group == group
         state, _ = prefilled(fns)
@@ -437,7 +438,7 @@ def test_progress_ends_on_the_last_whole_iteration(tmp_path, capsys):
     """total_steps=1,000 in iterations of 4 envs x 3 steps ends at 1,008: the progress
     line says 1,008/1,008 (100.0%), not 1,008/1,000 (100.8%)."""
     config = TINY.replace(num_seeds=1, rollout_steps=3, total_steps=1_000, log_every=300)
-    summary = shell.run(config, tmp_path, quiet=False)
+    summary = train.run(config, tmp_path, quiet=False)
     assert summary["env_steps_per_seed"] == 1_008
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("steps ")]
     assert "1,008/1,008 (100.0%)" in lines[-1]

@@ -8,7 +8,7 @@ import pytest
 from etils import epath
 from tiny_configs import CARTPOLE
 
-from dqnx import files, shell
+from dqnx import files, train
 from dqnx.errors import ConfigError
 
 TINY = CARTPOLE.replace(
@@ -26,7 +26,7 @@ TINY = CARTPOLE.replace(
 
 @pytest.fixture(scope="module")
 def local_digest(tmp_path_factory):
-    return shell.run(TINY, tmp_path_factory.mktemp("local"), quiet=True)["params_digest"]
+    return train.run(TINY, tmp_path_factory.mktemp("local"), quiet=True)["params_digest"]
 
 
 def test_remote_branch_writes_whole_files_and_resumes_bit_exact(
@@ -36,9 +36,9 @@ def test_remote_branch_writes_whole_files_and_resumes_bit_exact(
     monkeypatch.setattr(files, "is_remote", lambda path: remote.append(str(path)) or True)
     monkeypatch.setattr(files, "Appender", _NoAppend(files.Appender))
     workdir = epath.Path(tmp_path) / "run"
-    part = shell.run(TINY.replace(total_steps=400), workdir, quiet=True)
+    part = train.run(TINY.replace(total_steps=400), workdir, quiet=True)
     assert part["params_digest"] != local_digest
-    resumed = shell.run(TINY, workdir, quiet=True)
+    resumed = train.run(TINY, workdir, quiet=True)
     assert resumed["resumed_from"] == 400
     assert resumed["params_digest"] == local_digest
     assert any(p.endswith("metrics.jsonl") for p in remote)  # the remote branch was taken
@@ -81,7 +81,7 @@ def test_gs_workdir_without_gcsfs_is_one_line_error(monkeypatch):
 
     monkeypatch.setattr(files.importlib, "import_module", no_gcsfs)
     with pytest.raises(ConfigError) as e:
-        shell.run(TINY, "gs://bucket/run", quiet=True)
+        train.run(TINY, "gs://bucket/run", quiet=True)
     assert str(e.value) == (
         "--workdir=gs://bucket/run needs the 'gcsfs' package: pip install 'dqnx[gcs]'"
     )

@@ -110,7 +110,7 @@ def make_train(
     config: Config,
     *,
     network=None,
-    learner: learner_lib.Learner | None = None,
+    objective=None,
     layout: parallel.Layout | None = None,
     program: sweep.ProgramPlan | None = None,
 ) -> TrainFns:
@@ -119,8 +119,9 @@ def make_train(
     Args:
       config: a validated ``Config``.
       network: optional flax module replacing the one ``config.network`` names.
-      learner: optional ``Learner`` replacing the config's (e.g. a custom loss);
-        it must use ``network`` (and ``layout.data_axis`` as its axis_name).
+      objective: optional ``objectives.Objective`` replacing the one
+        ``config.learner`` names (e.g. a penalty on Q-values); the learner is
+        otherwise the config's (gamma, target refresh, optimizer).
       layout: how the run is spread over devices. With ``layout.data > 1`` the
         functions see one data shard each and must run under
         ``compile_train``'s ``shard_map``; the default runs anywhere.
@@ -140,8 +141,8 @@ def make_train(
         if len(programs) > 1:
             raise ValueError(f"the sweep makes {len(programs)} programs: pass one as program=")
         program = programs[0]
-    if program is not None and learner is not None:
-        raise ValueError("a sweep builds each run's learner from its config: no learner=")
+    if program is not None and objective is not None:
+        raise ValueError("a sweep builds each run's objective from its config: no objective=")
     num_runs = len(program.runs) if program is not None else config.num_seeds
     traced = bool(program and program.traced)
     env = builder.make_env(config)
@@ -149,10 +150,7 @@ def make_train(
     if network is None:
         network = builder.make_network(config, spec.obs_shape, spec.num_actions)
     data_axis = layout.data_axis
-    if learner is None:
-        learner = builder.make_learner(config, network, axis_name=data_axis)
-    if config.prioritized and learner.update_weighted is None:
-        raise ValueError("prioritized replay needs a learner with update_weighted")
+    learner = builder.make_learner(config, network, axis_name=data_axis, objective=objective)
     local_envs = config.num_envs // layout.data
     parts = _Parts(
         config=config,

@@ -49,7 +49,7 @@ import numpy as np
 
 from dqnx.host_actors import snapshot
 from dqnx.host_actors.core import RANDOM, ActorBatch, flat_params, kept_version
-from dqnx.host_actors.ray_setup import import_ray
+from dqnx.ray_setup import import_ray
 
 #: Seconds the learner waits for Ray to restart a dead actor process.
 RESTART_TIMEOUT_S = 120

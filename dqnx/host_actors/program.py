@@ -75,6 +75,7 @@ class HostActorProgram:
         if config.actor_schedule != "fixed":
             self.exact_resume_problem = "--actor_schedule=async acts as timing allows"
         self.exact_resume = self.exact_resume_problem is None
+        self.num_runs = config.num_seeds  # one seed per process
         self._delay = delay  # test hook: (actor index or None for the learner) -> seconds
         probe.close()
         self.network = builder.make_network(config, spec.obs_shape, spec.num_actions)
@@ -457,6 +458,9 @@ class HostActorProgram:
 
     def epsilon(self, env_steps: int) -> float:
         return self.schedules.mean_epsilon(env_steps)
+
+    def run_entries(self) -> None:
+        return None  # seeds, not a sweep's runs
 
     def close(self) -> None:
         if self.actors is not None:

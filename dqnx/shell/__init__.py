@@ -1,11 +1,12 @@
 """The host shell: the loop every execution mode runs under, and its interface.
 
-``run(config)`` trains as the command line does; a mode plugs in as a
-``Program`` (see ``dqnx.shell.program``).
+``run(config, program_factory=...)`` drives one ``Program`` (see
+``dqnx.shell.program``) through a run; it knows no execution mode
+(``dqnx.train`` picks one and calls it).
 """
 
 from dqnx.shell.digest import local_params_digest, params_digests
-from dqnx.shell.loop import default_workdir, make_program, run
+from dqnx.shell.loop import default_workdir, run
 from dqnx.shell.program import ChunkReport, Program, Schedule
 from dqnx.shell.signals import Diverged, Interrupted, RunFailed
 
@@ -18,7 +19,6 @@ __all__ = [
     "Schedule",
     "default_workdir",
     "local_params_digest",
-    "make_program",
     "params_digests",
     "run",
 ]

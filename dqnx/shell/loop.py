@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from etils import epath
 
-from dqnx import builder, files, parallel, sweep
 from dqnx import checkpoint as ckpt_lib
+from dqnx import checks, files, parallel
 from dqnx import logging as dlog
 from dqnx.config import Config
 from dqnx.errors import ConfigError
@@ -31,18 +31,6 @@ from dqnx.shell.signals import Diverged, Interrupted, SignalFlag
 
 def default_workdir(name: str) -> str:
     return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def make_program(config: Config) -> Program:
-    """The ``Program`` of the config's execution mode: host actors for a host
-    environment (``LIB:ID``), else the compiled mode."""
-    if builder.uses_host_actors(config):
-        from dqnx.host_actors import HostActorProgram
-
-        return HostActorProgram(config)
-    from dqnx.compiled import CompiledProgram
-
-    return CompiledProgram(config)
 
 
 def check_drift(config: Config, meta: dict) -> None:
@@ -86,7 +74,8 @@ def run(
     workdir: str | None = None,
     *,
     quiet: bool = False,
-    program_factory: Callable[[Config], Program] | None = None,
+    program_factory: Callable[[Config], Program],
+    num_runs: int | None = None,
 ) -> dict:
     """Trains as ``config`` says and writes the command-line contract's files.
 
@@ -103,7 +92,10 @@ def run(
       workdir: output directory (default: ``config.workdir`` or a new one): a
         local path or ``gs://BUCKET/PATH`` (``pip install 'dqnx[gcs]'``).
       quiet: no console output.
-      program_factory: builds the ``Program`` (default: ``make_program``).
+      program_factory: builds the ``Program`` from the validated config
+        (``train.make_program`` picks the config's execution mode).
+      num_runs: the runs the program trains (a sweep's; default ``num_seeds``),
+        for the checkpoint's size checked before anything compiles.
 
     Raises:
       ConfigError: bad config; a workdir that is a file, not writable, or on a
@@ -117,24 +109,19 @@ def run(
 
     Returns the summary dict.
     """
-    config = builder.validate(config)
+    config = checks.validate(config)
     workdir = files.as_path(workdir or config.workdir or default_workdir(config.env_name))
     config = config.replace(workdir=str(workdir))
     t_start = time.perf_counter()
     files.require_filesystem(workdir)
-    runs = config.num_seeds
-    if config.sweep and program_factory is None:
-        plan = sweep.plan(config)
-        if len(plan.programs) > 1:
-            return run_sweep(config, plan, workdir, quiet=quiet)
-        runs = plan.num_runs
-    check_workdir(workdir, builder.checkpoint_bytes(config.replace(num_seeds=runs)))
+    runs = num_runs or config.num_seeds
+    check_workdir(workdir, checks.checkpoint_bytes(config.replace(num_seeds=runs)))
     warn = (lambda _: None) if quiet or not parallel.is_main_process() else warn_on_stderr
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     try:
         resumer = check_resume(config, checkpointer, warn)
         dlog.require_outputs(tensorboard=config.tensorboard, wandb_project=config.wandb_project)
-        program = (program_factory or make_program)(config)
+        program = program_factory(config)
     except BaseException:
         checkpointer.close()
         raise
@@ -146,48 +133,6 @@ def run(
         checkpointer.close()
 
 
-def run_sweep(config: Config, plan: sweep.Plan, workdir: epath.Path, *, quiet=False) -> dict:
-    """A sweep of several programs (one per distinct shape), one after another, each
-    a run of its own in ``workdir/program-<i>`` (metrics, checkpoints, summary; a
-    rerun resumes each); ``workdir/summary.json`` gathers every run in sweep order."""
-    from dqnx.compiled import CompiledProgram
-
-    t_start = time.perf_counter()
-    sizes = [
-        builder.checkpoint_bytes(p.config.replace(num_seeds=len(p.runs))) for p in plan.programs
-    ]
-    check_workdir(workdir, max(sizes))
-    say = (lambda _: None) if quiet or not parallel.is_main_process() else print_line
-    parts = []
-    for i, program in enumerate(plan.programs):
-        sub = workdir / f"program-{i}"
-        say(f"dqnx: sweep program {i + 1} of {len(plan.programs)} -> {sub}")
-        parts.append(run(program.config.replace(workdir=str(sub)), sub, quiet=quiet,
-                         program_factory=lambda c, p=program: CompiledProgram(c, p)))  # fmt: skip
-    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["run"])
-    train_s = sum(part["train_s"] for part in parts)
-    steps = sum(part["sps"] * part["train_s"] for part in parts)
-    summary = {
-        "env": config.env_name,
-        "num_seeds": config.num_seeds,
-        "num_runs": len(runs),
-        "num_programs": len(parts),
-        "env_steps_per_seed": min(part["env_steps_per_seed"] for part in parts),
-        "wall_s": time.perf_counter() - t_start,
-        "compile_s": sum(part["compile_s"] for part in parts),
-        "train_s": train_s,
-        "sps": steps / max(train_s, 1e-9),
-        "eval_return_per_seed": [r["eval_return"] for r in runs],
-        "eval_return_mean": float(np.mean([r["eval_return"] for r in runs])),
-        "params_digest": [r["params_digest"] for r in runs],
-        "runs": runs,
-    }
-    if parallel.is_main_process():
-        files.write_json(workdir / "config.json", config.to_dict())
-        files.write_json(workdir / "summary.json", summary)
-    return summary
-
-
 class _Loop:
     """One run's host-side state between chunks."""
 
@@ -197,7 +142,7 @@ class _Loop:
         self.is_main = parallel.is_main_process()
         self.say = (lambda _: None) if (quiet or not self.is_main) else print_line
         self.quiet = quiet
-        self.runs = getattr(program, "num_runs", config.num_seeds)  # seeds, or a sweep's runs
+        self.runs = program.num_runs  # seeds, or a sweep's runs
         self.train_s = self.eval_s = 0.0
         self.checkpoint_s: list[float] = []
         self.last_eval = None
@@ -379,7 +324,7 @@ class _Loop:
             "params_digest": params_digests(params),
             "local_params_digest": local_params_digest(params),
         }
-        entries = getattr(self.program, "run_entries", lambda: None)()
+        entries = self.program.run_entries()
         if entries is not None:  # a sweep: one entry per (configuration, seed) run
             summary["num_runs"] = seeds
             summary["runs"] = [

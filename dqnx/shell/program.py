@@ -64,9 +64,12 @@ class Program(Protocol):
         checkpoint holds everything, environments included).
       exact_resume_problem: why not, where ``exact_resume`` is False.
       where: the devices (and threads) it runs on, for the start line.
+      num_runs: the runs it trains side by side (``S``: the seeds, or a sweep's
+        runs).
     """
 
     schedule: Schedule
+    num_runs: int
     compile_s: float
     exact_resume: bool
     exact_resume_problem: str | None
@@ -102,6 +105,10 @@ class Program(Protocol):
 
     def epsilon(self, env_steps: int) -> float:
         """The exploration rate at ``env_steps`` for logs."""
+
+    def run_entries(self) -> list[dict] | None:
+        """A sweep's runs, one dict per run (its settings, for ``summary.json``'s
+        ``runs``), in the order of the ``S`` axis; None for seeds."""
 
     def close(self) -> None:
         """Stops whatever runs in the background (threads, compiles)."""
