@@ -112,3 +112,24 @@ def test_mean_ci_over_time_and_with_missing_seeds():
     assert math.isnan(low[2]) and math.isnan(high[2])  # one finite seed: no interval
     again = stats.mean_ci(x, num_resamples=300, seed=0)
     np.testing.assert_array_equal(again[0], low)  # fixed seed: reproducible
+
+
+def test_intervals_and_profiles_agree_with_rliable_library():
+    try:  # rliable's bootstrap needs arch, which fails to import beside pandas 3
+        from rliable import library, metrics
+    except Exception as e:  # ImportError, or arch's TypeError at import
+        pytest.skip(f"rliable.library does not import: {type(e).__name__}")
+    x = np.random.default_rng(4).gamma(2.0, size=(3, 5))  # 3 runs x 5 tasks
+    reps = 10_000
+    point, ci = library.get_interval_estimates(
+        {"x": x}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps,
+        random_state=np.random.RandomState(0),
+    )  # fmt: skip
+    est = stats.interval(x, stats.iqm_of, num_resamples=reps)
+    assert est.point == pytest.approx(point["x"][0])
+    # Other RNG streams: the percentile endpoints agree to bootstrap noise.
+    assert est.low == pytest.approx(ci["x"][0][0], abs=0.05)
+    assert est.high == pytest.approx(ci["x"][1][0], abs=0.05)
+    taus = np.linspace(0.0, x.max(), 9)
+    profile, _ = library.create_performance_profile({"x": x}, taus, reps=10)
+    np.testing.assert_allclose(stats.score_distribution(x, taus), profile["x"])
