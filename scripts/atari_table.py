@@ -7,7 +7,8 @@ Each argument is a run's workdir (``config.json`` with ``--env_name=ale:GAME`` a
 A game's score is the mean final greedy evaluation return; its human-normalized
 score is ``(score - random) / (human - random)``. Over games the table gives
 the mean, the median and the interquartile mean (IQM: the mean of the middle
-50%, Agarwal et al., 2021, arXiv:2108.13264) of the normalized scores.
+50%, ``floor(n / 4)`` games dropped from each end; Agarwal et al., 2021,
+arXiv:2108.13264) of the games' normalized scores, from ``scripts/stats.py``.
 
 Reference scores: the 57 games' random and human scores used by Mnih et al.
 (2015, Nature 518:529) and extended by Badia et al. (2020, Agent57,
@@ -21,6 +22,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
+import stats
 
 # game: (random, human)
 REFERENCE = {
@@ -55,24 +59,6 @@ def normalized(game: str, score: float) -> float:
     return (score - random) / (human - random)
 
 
-def iqm(values: list[float]) -> float:
-    """Mean of the middle 50% (a quarter trimmed from each end, fractional ends weighted)."""
-    x = sorted(values)
-    n = len(x)
-    lo, hi = n / 4, 3 * n / 4
-    total = weight = 0.0
-    for i, v in enumerate(x):
-        w = max(0.0, min(i + 1, hi) - max(i, lo))
-        total, weight = total + w * v, weight + w
-    return total / weight
-
-
-def median(values: list[float]) -> float:
-    x = sorted(values)
-    n = len(x)
-    return x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2
-
-
 def load(workdirs) -> dict[str, list[float]]:
     """{game: final greedy returns of every seed of every run of that game}."""
     games: dict[str, list[float]] = {}
@@ -97,12 +83,12 @@ def table(games: dict[str, list[float]]) -> tuple[str, dict]:
         score = sum(games[game]) / len(games[game])
         scores[game] = normalized(game, score)
         rows.append(f"| {game} | {len(games[game])} | {score:.1f} | {scores[game]:.3f} |")
-    values = list(scores.values())
+    values = np.array([list(scores.values())])  # [1, games]: one score per game
     summary = {
-        "games": len(values),
-        "mean": sum(values) / len(values),
-        "median": median(values),
-        "iqm": iqm(values),
+        "games": values.size,
+        "mean": float(stats.mean_of(values)),
+        "median": float(stats.median_of(values)),
+        "iqm": float(stats.iqm_of(values)),
     }
     rows.append("")
     rows.append(

@@ -1,25 +1,52 @@
-"""dqnx's uniform replay next to flashbax at equal capacity, batch and transition shape.
+"""dqnx's replay buffers next to flashbax's: compile time, µs per operation and memory.
 
-  python scripts/bench_replay.py [--capacity=100000] [--batch=128] [--add=10] \
-      [--repeats=200] [--out=replay.json]
+  python scripts/bench_replay.py [--mode=uniform|prioritized] [--capacities=100000] \
+      [--batch=128] [--add=10] [--repeats=200] [--observations=cartpole,minatar] \
+      [--no-scan] [--out=replay.json]
 
-For CartPole transitions (obs float32[4]) and MinAtar transitions (obs
-bool[10, 10, 4]), each buffer is filled to capacity, then:
+Every buffer is built full (its state holds ``capacity`` random transitions;
+prioritized ones get random priorities), then each of its operations is, in
+order, on the state the previous one left:
 
-* ``add`` (``--add`` transitions, jitted, the state donated so it updates in
-  place) and ``sample`` (``--batch`` transitions, jitted) are called once to
-  compile and warm up, then timed ``--repeats`` times with
-  ``block_until_ready``; the median is reported (``call``: includes dispatch).
-* the same ops ``--repeats`` times inside one jitted ``lax.scan`` (``in scan``:
-  per op, no dispatch; sampled batches are summed so they are not dropped), as
-  they run inside a dqnx training chunk.
-* device bytes per transition: the nbytes of every array of the state / capacity.
+* **compile s**: ``jax.jit(op).lower(...).compile()`` (trace and compile), timed;
+* **µs/call**: the compiled op called once to warm up, then ``--repeats`` times
+  with ``block_until_ready``, the median (includes dispatch); ``add`` and
+  priority updates donate the state, so they update in place as in training;
+* **µs in scan** (unless ``--no-scan``): the same op ``--repeats`` times in one
+  jitted ``lax.scan``, per op: no dispatch, as inside a dqnx training chunk
+  (sampled batches are summed so that they are not dropped);
+* **B/transition**: the bytes of every array of the buffer's state / capacity.
 
-Buffers: ``dqnx`` ``replay.uniform_replay`` stores (s, a, r, s', terminated);
-``flashbax item`` (``make_item_buffer``) stores the same transitions;
-``flashbax flat`` (``make_flat_buffer``) stores steps (s, a, r, terminated) and
-pairs neighbours into (s, s'): half the observation memory, but it cannot hold
-the true final observation of a time-limit truncation that dqnx bootstraps from.
+``--mode=uniform`` (defaults: capacity 100,000, batch 128, add 10, CartPole and
+MinAtar transitions): ``dqnx`` (``replay.uniform_replay``, stores
+(s, a, r, s', terminated)); ``flashbax item`` (``make_item_buffer``, the same
+transitions); ``flashbax flat`` (``make_flat_buffer``: steps (s, a, r,
+terminated), neighbours paired into (s, s'): half the observation memory, but
+it cannot hold the final observation of a time-limit truncation that dqnx
+bootstraps from).
+
+``--mode=prioritized`` (defaults: capacities 100,000 and 1,000,000, batch 256,
+add 8, CartPole transitions): ``dqnx`` and ``flashbax item`` as above, and
+
+* ``dqnx prioritized`` (``prioritized.prioritized_replay``, alpha 0.6):
+  ``sample (sum tree)``: stratified, the batch's points descend the tree
+  together, ``log2(T)`` vectorized gathers, O(B log N); ``sample (cumsum)``,
+  the alternative: stratified targets found by ``searchsorted`` in a
+  cumulative sum of all priorities, O(capacity); ``add`` /
+  ``update_priorities`` recompute the parents on the leaves' paths, one
+  vectorized step per level, O(B log N).
+* ``flashbax prioritized`` (``make_prioritised_item_buffer``, alpha 0.6): also
+  a sum tree, each of the B points descending it on its own (``vmap`` of a
+  ``fori_loop``); its sample returns probabilities, turned into importance
+  weights as dqnx's sample does. Its tree updates propagate deltas by one of
+  two methods it picks from its ``device`` argument, both timed whatever the
+  backend: ``(scan)`` (``device="cpu"``: a sequential ``lax.scan`` over the B
+  leaves) and ``(bincount)`` (``device="gpu"``: vectorized, but
+  ``jnp.bincount(length=capacity)``, O(capacity) per call). Its ``add`` does two
+  such updates.
+
+flashbax is optional (``pip install -e '.[bench]'``); without it the header says
+so and only dqnx is measured.
 """
 
 from __future__ import annotations
@@ -27,39 +54,68 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-from typing import NamedTuple
+import time
+from typing import Any, NamedTuple
 
 import benchlib
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx import replay
+from dqnx import prioritized, replay
 from dqnx.types import Transition
 
 SHAPES = {  # --observations: (label, shape, dtype)
     "cartpole": ("CartPole (obs float32[4])", (4,), jnp.float32),
     "minatar": ("MinAtar (obs bool[10,10,4])", (10, 10, 4), jnp.bool_),
 }
+DEFAULTS = {  # --mode: the defaults of the flags left out
+    "uniform": dict(capacities="100000", batch=128, add=10, observations="cartpole,minatar"),
+    "prioritized": dict(capacities="100000,1000000", batch=256, add=8, observations="cartpole"),
+}
+ALPHA = 0.6  # priority exponent, dqnx's default and flashbax's
+BETA = 0.4
+EPS = 1e-6  # dqnx adds it to |td|; flashbax is given |td| + EPS
+NUM_ITEMS = 4  # distinct batches that ``add`` cycles through
 
 
-class Step(NamedTuple):
-    """What the flashbax flat buffer stores per env step."""
+class Shape(NamedTuple):
+    """What every buffer of one measurement holds and is asked for."""
 
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
+    capacity: int
+    batch: int
+    add: int
+    obs_shape: tuple
+    dtype: Any
 
 
-def transitions(seed, n, obs_shape, dtype) -> Transition:
+class Op(NamedTuple):
+    """One operation: ``fn(state, *args(i))`` for the i-th call (``i`` may be traced).
+
+    ``updates``: ``fn`` returns the new state (donated); else an output to keep.
+    """
+
+    fn: Any
+    args: Any
+    updates: bool
+
+
+class Subject(NamedTuple):
+    """A full buffer and its operations, measured in order."""
+
+    name: str
+    state: Any
+    ops: dict
+
+
+def transitions(seed: int, n: int, s: Shape) -> Transition:
     """``n`` random transitions as NumPy arrays (nothing to compile)."""
     rng = np.random.default_rng(seed)
 
     def obs():
-        if dtype == jnp.bool_:
-            return rng.random((n, *obs_shape)) < 0.1
-        return rng.standard_normal((n, *obs_shape)).astype(dtype)
+        if s.dtype == jnp.bool_:
+            return rng.random((n, *s.obs_shape)) < 0.1
+        return rng.standard_normal((n, *s.obs_shape)).astype(s.dtype)
 
     return Transition(
         obs=obs(),
@@ -70,168 +126,256 @@ def transitions(seed, n, obs_shape, dtype) -> Transition:
     )
 
 
-def steps(seed, n, obs_shape, dtype) -> Step:
-    t = transitions(seed, n, obs_shape, dtype)
-    return Step(t.obs, t.action, t.reward, t.terminated)
+def adds(s: Shape, steps: bool = False) -> Op:
+    """``add`` of ``s.add`` transitions (or flashbax flat steps), cycling through a few."""
+    items = [transitions(seed, s.add, s) for seed in range(1, NUM_ITEMS + 1)]
+    if steps:
+        items = [(t.obs, t.action, t.reward, t.terminated) for t in items]
+    stacked = jax.device_put(jax.tree.map(lambda *x: np.stack(x), *items))
+    return lambda i: (jax.tree.map(lambda x: x[i % NUM_ITEMS], stacked),)
 
 
-class Bench(NamedTuple):
-    """One buffer as pure functions: init() -> state; add(state, items) -> state;
-    sample(state, key) -> batch pytree; make_items(seed) -> items to add."""
-
-    init: object
-    add: object
-    sample: object
-    make_items: object
+def keys(seed: int):
+    key = jax.random.key(seed)
+    return lambda i: (jax.random.fold_in(key, i),)
 
 
-def bench_of(buf, sample, make, add, obs_shape, dtype) -> Bench:
-    """The ``Bench`` of buffer ``buf`` holding what ``make`` (``transitions`` or
-    ``steps``) makes, ``add`` at a time; ``sample(state, key) -> batch``."""
-    item = jax.tree.map(lambda x: x[0], make(0, 1, obs_shape, dtype))
-    return Bench(
-        init=lambda: buf.init(item),
-        add=buf.add,
-        sample=sample,
-        make_items=lambda k: make(k, add, obs_shape, dtype),
+def td_errors(s: Shape):
+    """Constant ``(indices, |td|)`` of one priority update of a batch."""
+    idx = jax.random.randint(jax.random.key(5), (s.batch,), 0, s.capacity)
+    td = jax.random.exponential(jax.random.key(6), (s.batch,))
+    return lambda i: (idx, td)
+
+
+def dqnx_uniform(s: Shape) -> Subject:
+    buf = replay.uniform_replay(s.capacity, add_batch_size=s.add)
+    state = replay.ReplayState(
+        jax.device_put(transitions(0, s.capacity, s)), jnp.int32(0), jnp.int32(s.capacity)
     )
+    sample = lambda st, k: buf.sample(st, k, s.batch)[0]
+    ops = {"add": Op(buf.add, adds(s), True), "sample": Op(sample, keys(2), False)}
+    return Subject("dqnx", state, ops)
 
 
-def dqnx_buffer(capacity, batch, add, obs_shape, dtype) -> Bench:
-    buf = replay.uniform_replay(capacity, add_batch_size=add)
-    sample = lambda s, k: buf.sample(s, k, batch)[0]
-    return bench_of(buf, sample, transitions, add, obs_shape, dtype)
+def cumsum_sample(state, key, batch_size, beta, capacity):
+    """Stratified sampling by cumsum + searchsorted over all priorities."""
+    p = prioritized.priorities(state, capacity)
+    cdf = jnp.cumsum(p)
+    u = jax.random.uniform(key, (batch_size,))
+    targets = (jnp.arange(batch_size) + u) * (cdf[-1] / batch_size)
+    idx = jnp.minimum(jnp.searchsorted(cdf, targets, side="right"), capacity - 1)
+    weights = prioritized.importance_weights(p[idx], beta)
+    return jax.tree.map(lambda b: b[idx], state.data), idx, weights
 
 
-def flashbax_item_buffer(fbx, capacity, batch, add, obs_shape, dtype) -> Bench:
-    buf = fbx.make_item_buffer(
-        max_length=capacity, min_length=batch, sample_batch_size=batch, add_batches=True
+def dqnx_prioritized(s: Shape) -> Subject:
+    per = prioritized.prioritized_replay(s.capacity, add_batch_size=s.add, priority_exponent=ALPHA)
+    full = jax.device_put(transitions(0, s.capacity, s))
+    state = per.init(jax.tree.map(lambda x: x[0], full))._replace(
+        data=full, size=jnp.int32(s.capacity)
     )
-    sample = lambda s, k: buf.sample(s, k).experience
-    return bench_of(buf, sample, transitions, add, obs_shape, dtype)
-
-
-def flashbax_flat_buffer(fbx, capacity, batch, add, obs_shape, dtype) -> Bench:
-    buf = fbx.make_flat_buffer(
-        max_length=capacity, min_length=batch, sample_batch_size=batch, add_batch_size=add
-    )
-    sample = lambda s, k: buf.sample(s, k).experience
-    return bench_of(buf, sample, steps, add, obs_shape, dtype)
-
-
-def measure(b: Bench, capacity: int, add: int, repeats: int) -> dict:
-    items = [jax.device_put(b.make_items(seed)) for seed in range(1, 5)]
-    keys = list(jax.random.split(jax.random.key(2), repeats))
-
-    add_j = jax.jit(b.add, donate_argnums=0)
-    sample_j = jax.jit(b.sample)
-    state = b.init()
-    for i in range(-(-capacity // add)):  # fill to capacity (and compile, warm up)
-        state = add_j(state, items[i % len(items)])
-    nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    jax.block_until_ready(sample_j(state, keys[0]))
-
-    # Warmed up by the fill above; add donates the state, so every call starts from
-    # the previous call's output.
-    cycled = itertools.cycle(items)
-    add_us, state = benchlib.donated_us(
-        add_j, state, lambda: (next(cycled),), repeats, warmup=False
-    )
-    timed_keys = iter(keys)
-    sample_us = benchlib.median_us(
-        sample_j, lambda: (state, next(timed_keys)), repeats, warmup=False
-    )
-
-    # The same inside one compiled scan (per op, no dispatch).
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *items)
-
-    @jax.jit(donate_argnums=0)
-    def add_scan(state):
-        def body(s, i):
-            return b.add(s, jax.tree.map(lambda x: x[i % len(items)], stacked)), None
-
-        return jax.lax.scan(body, state, jnp.arange(repeats))[0]
-
-    @jax.jit
-    def sample_scan(state, key):
-        def body(acc, k):
-            return acc + benchlib.checksum(b.sample(state, k)), None
-
-        return jax.lax.scan(body, jnp.float32(0), jax.random.split(key, repeats))[0]
-
-    state = jax.block_until_ready(add_scan(state))
-    state, add_scan_s = benchlib.timed(add_scan, state)
-    jax.block_until_ready(sample_scan(state, keys[0]))
-    _, sample_scan_s = benchlib.timed(sample_scan, state, keys[1])
-    return {
-        "add_us": add_us,
-        "sample_us": sample_us,
-        "add_us_in_scan": 1e6 * add_scan_s / repeats,
-        "sample_us_in_scan": 1e6 * sample_scan_s / repeats,
-        "state_bytes": nbytes,
-        "bytes_per_transition": nbytes / capacity,
+    td = jax.random.exponential(jax.random.key(3), (s.capacity,))
+    state = jax.jit(per.update_priorities)(state, jnp.arange(s.capacity), td)
+    ops = {
+        "add": Op(per.add, adds(s), True),
+        "sample (sum tree)": Op(lambda st, k: per.sample(st, k, s.batch, BETA), keys(4), False),
+        "sample (cumsum)": Op(
+            lambda st, k: cumsum_sample(st, k, s.batch, BETA, s.capacity), keys(4), False
+        ),
+        "update_priorities": Op(per.update_priorities, td_errors(s), True),
     }
+    return Subject("dqnx prioritized", state, ops)
+
+
+def flashbax_full(buf, s: Shape, experience):
+    """A flashbax buffer's state holding ``experience`` [rows, time, ...], full."""
+    item = jax.tree.map(lambda x: x[0, 0], experience)
+    return buf.init(item).replace(
+        experience=experience, current_index=jnp.int32(0), is_full=jnp.bool_(True)
+    )
+
+
+def flashbax_item(fbx, s: Shape) -> Subject:
+    buf = fbx.make_item_buffer(
+        max_length=s.capacity, min_length=1, sample_batch_size=s.batch, add_batches=True
+    )
+    full = jax.device_put(jax.tree.map(lambda x: x[None], transitions(0, s.capacity, s)))
+    sample = lambda st, k: buf.sample(st, k).experience
+    ops = {"add": Op(buf.add, adds(s), True), "sample": Op(sample, keys(2), False)}
+    return Subject("flashbax item", flashbax_full(buf, s, full), ops)
+
+
+def flashbax_flat(fbx, s: Shape) -> Subject:
+    buf = fbx.make_flat_buffer(
+        max_length=s.capacity, min_length=s.batch, sample_batch_size=s.batch, add_batch_size=s.add
+    )
+    t = transitions(0, s.capacity, s)
+    rows = lambda x: x.reshape(s.add, s.capacity // s.add, *x.shape[1:])
+    full = jax.device_put(tuple(rows(x) for x in (t.obs, t.action, t.reward, t.terminated)))
+    sample = lambda st, k: buf.sample(st, k).experience
+    ops = {"add": Op(buf.add, adds(s, steps=True), True), "sample": Op(sample, keys(2), False)}
+    return Subject("flashbax flat", flashbax_full(buf, s, full), ops)
+
+
+def flashbax_prioritized(fbx, s: Shape) -> Subject:
+    from flashbax.buffers import prioritised_trajectory_buffer as ptb
+
+    per = fbx.make_prioritised_item_buffer(
+        max_length=s.capacity, min_length=1, sample_batch_size=s.batch, add_batches=True,
+        priority_exponent=ALPHA, device="cpu",
+    )  # fmt: skip
+    full = jax.device_put(jax.tree.map(lambda x: x[None], transitions(0, s.capacity, s)))
+    state = flashbax_full(per, s, full).replace(running_index=jnp.int32(s.capacity))
+    td = jax.random.exponential(jax.random.key(3), (s.capacity,))
+    fill = jax.jit(ptb.set_priorities, static_argnames=("priority_exponent", "device"))
+    state = fill(state, jnp.arange(s.capacity), td + EPS, priority_exponent=ALPHA, device="gpu")
+
+    def sample(st, key):
+        out = per.sample(st, key)
+        return out.experience, out.indices, prioritized.importance_weights(out.probabilities, BETA)
+
+    def add(device):  # what the item buffer's add does: [add, ...] -> one row [1, add, ...]
+        return lambda st, items: ptb.prioritised_add(
+            st, jax.tree.map(lambda x: x[None], items), 1, 1, device
+        )
+
+    def set_priorities(device):
+        return lambda st, i, td: ptb.set_priorities(st, i, jnp.abs(td) + EPS, ALPHA, device)
+
+    ops = {
+        "add (scan)": Op(add("cpu"), adds(s), True),
+        "add (bincount)": Op(add("gpu"), adds(s), True),
+        "sample": Op(sample, keys(4), False),
+        "set_priorities (scan)": Op(set_priorities("cpu"), td_errors(s), True),
+        "set_priorities (bincount)": Op(set_priorities("gpu"), td_errors(s), True),
+    }
+    return Subject("flashbax prioritized", state, ops)
+
+
+def subjects(mode: str, s: Shape, fbx) -> list[Subject]:
+    """The buffers ``mode`` compares, dqnx's first (flashbax's where it imports)."""
+    out = [dqnx_uniform(s)]
+    if mode == "prioritized":
+        out.append(dqnx_prioritized(s))
+    if fbx is not None:
+        out.append(flashbax_item(fbx, s))
+        out.append(flashbax_flat(fbx, s) if mode == "uniform" else flashbax_prioritized(fbx, s))
+    return out
+
+
+def measure_op(state, op: Op, repeats: int, scan: bool):
+    """``(row, state)``: compile seconds, median µs per call, µs per op in a scan."""
+    donate = (0,) if op.updates else ()
+    t0 = time.perf_counter()
+    call = jax.jit(op.fn, donate_argnums=donate).lower(state, *op.args(0)).compile()
+    row = {"compile_s": time.perf_counter() - t0}
+    counter = itertools.count(1)
+    args = lambda: op.args(next(counter))
+    if op.updates:
+        row["us"], state = benchlib.donated_us(call, state, args, repeats)
+    else:
+        row["us"] = benchlib.median_us(call, lambda: (state, *args()), repeats)
+    if not scan:
+        return row, state
+
+    @jax.jit(donate_argnums=donate)
+    def scanned(st):
+        def body(carry, i):
+            if op.updates:
+                return op.fn(carry, *op.args(i)), None
+            return carry + benchlib.checksum(op.fn(st, *op.args(i))), None
+
+        return jax.lax.scan(body, st if op.updates else jnp.float32(0), jnp.arange(repeats))[0]
+
+    out = jax.block_until_ready(scanned(state))  # compile and warm up
+    state = out if op.updates else state
+    out, seconds = benchlib.timed(scanned, state)
+    state = out if op.updates else state
+    row["us_in_scan"] = 1e6 * seconds / repeats
+    return row, state
+
+
+def measure(subject: Subject, repeats: int, scan: bool) -> list[dict]:
+    """One row per operation of ``subject``, with its state's bytes per transition."""
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(subject.state))
+    state, rows = subject.state, []
+    for name, op in subject.ops.items():
+        row, state = measure_op(state, op, repeats, scan)
+        rows.append({"buffer": subject.name, "operation": name, **row, "state_bytes": nbytes})
+    return rows
+
+
+def report_header(args, fbx_version, fbx_error) -> str:
+    runtime = benchlib.runtime_info()
+    capacities = ", ".join(f"{c:,d}" for c in args.capacities)
+    lines = [
+        f"# jax {runtime['jax']} {runtime['backend']}, {runtime['cores']} cores; "
+        f"--mode={args.mode}, capacities {capacities}, batch {args.batch}, add {args.add}; "
+        f"median of {args.repeats} calls of each compiled op"
+        + (", and per op in one lax.scan of as many" if args.scan else ""),
+        f"# flashbax {fbx_version}" if fbx_version else
+        f"# flashbax: NOT AVAILABLE ({fbx_error}); only dqnx is measured "
+        "(pip install -e '.[bench]')",
+        f"{'transitions':28} {'capacity':>9} {'buffer':21} {'operation':26} {'compile s':>9} "
+        f"{'us/call':>9} {'us (scan)':>9} {'B/transition':>12}",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def report_row(r: dict) -> str:
+    scan = f"{r['us_in_scan']:>9.2f}" if "us_in_scan" in r else f"{'-':>9}"
+    return (
+        f"{r['transitions']:28} {r['capacity']:>9,d} {r['buffer']:21} {r['operation']:26} "
+        f"{r['compile_s']:>9.2f} {r['us']:>9.1f} {scan} {r['bytes_per_transition']:>12.1f}"
+    )
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--capacity", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--add", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument(
-        "--observations", default="cartpole,minatar",
-        help="which observation kinds, comma-separated: cartpole (float32[4]), minatar "
-        "(bool[10,10,4])",
-    )  # fmt: skip
-    parser.add_argument("--out", default="")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=sorted(DEFAULTS), default="uniform")
+    p.add_argument("--capacities", help="comma-separated (default: the mode's)")
+    p.add_argument("--batch", type=int, help="sampled batch size (default: the mode's)")
+    p.add_argument("--add", type=int, help="transitions per add (default: the mode's)")
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument(
+        "--observations",
+        help=f"comma-separated, of {list(SHAPES)}: cartpole float32[4], minatar bool[10,10,4] "
+        "(default: the mode's)",
+    )
+    p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time each op inside one lax.scan")  # fmt: skip
+    p.add_argument("--out", default="", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    for name, default in DEFAULTS[args.mode].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    args.capacities = [int(float(c)) for c in args.capacities.split(",")]
+    if args.mode == "uniform" and any(c % args.add for c in args.capacities):
+        p.error("--capacities: each a multiple of --add (flashbax flat keeps --add rows)")
     kinds = [k.strip() for k in args.observations.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(SHAPES))
-    if unknown or not kinds:
-        parser.error(f"--observations: unknown {unknown or kinds}; one or more of {list(SHAPES)}")
+    if not kinds or set(kinds) - set(SHAPES):
+        p.error(f"--observations: {kinds}; one or more of {list(SHAPES)}")
 
     fbx, fbx_version, fbx_error = benchlib.import_flashbax()
-    runtime = benchlib.runtime_info()
-    print(
-        f"# jax {runtime['jax']} {runtime['backend']}, {runtime['cores']} cores; capacity "
-        f"{args.capacity:,d}, batch {args.batch}, add {args.add}; median of {args.repeats} "
-        "jitted calls (add donates the state), or per op in one lax.scan of as many"
-    )
-    if fbx is None:
-        print(
-            f"# flashbax: NOT AVAILABLE ({fbx_error}); only dqnx is measured "
-            "(pip install -e '.[bench]')"
-        )
-    else:
-        print(f"# flashbax {fbx_version}")
-    header = (
-        f"{'transitions':28} {'buffer':15} {'add us':>8} {'sample us':>10} "
-        f"{'add (scan)':>11} {'sample (scan)':>14} {'B/transition':>13} {'obs B':>6}"
-    )
-    print(header)
+    print(report_header(args, fbx_version, fbx_error), flush=True)
     rows = []
     for kind in kinds:
         label, obs_shape, dtype = SHAPES[kind]
-        obs_bytes = math.prod(obs_shape) * jnp.dtype(dtype).itemsize
-        shape = (args.capacity, args.batch, args.add, obs_shape, dtype)
-        buffers = {"dqnx": dqnx_buffer(*shape)}
-        if fbx is not None:
-            buffers["flashbax item"] = flashbax_item_buffer(fbx, *shape)
-            buffers["flashbax flat"] = flashbax_flat_buffer(fbx, *shape)
-        for name, b in buffers.items():
-            r = measure(b, args.capacity, args.add, args.repeats)
-            r.update(transitions=label, buffer=name, obs_bytes=obs_bytes)
-            rows.append(r)
-            print(
-                f"{label:28} {name:15} {r['add_us']:>8.1f} {r['sample_us']:>10.1f} "
-                f"{r['add_us_in_scan']:>11.2f} {r['sample_us_in_scan']:>14.2f} "
-                f"{r['bytes_per_transition']:>13.1f} {obs_bytes:>6d}",
-                flush=True,
-            )
+        for capacity in args.capacities:
+            shape = Shape(capacity, args.batch, args.add, obs_shape, dtype)
+            for subject in subjects(args.mode, shape, fbx):
+                for r in measure(subject, args.repeats, args.scan):
+                    r.update(
+                        transitions=label, capacity=capacity,
+                        obs_bytes=math.prod(obs_shape) * jnp.dtype(dtype).itemsize,
+                        bytes_per_transition=r["state_bytes"] / capacity,
+                    )  # fmt: skip
+                    rows.append(r)
+                    print(report_row(r), flush=True)
     result = {
-        **runtime,
-        "capacity": args.capacity,
+        **benchlib.runtime_info(),
+        "mode": args.mode,
+        "capacities": args.capacities,
         "batch": args.batch,
         "add": args.add,
         "repeats": args.repeats,

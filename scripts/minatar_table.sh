@@ -13,7 +13,10 @@
 # several sessions or machines. Then, per game, scripts/plot.py draws the recorded
 # learners' greedy-evaluation curves (OUT_DIR/minatar_GAME.png) and writes their final
 # mean, IQM, min, max and 95% bootstrap CI (OUT_DIR/minatar_GAME.md): every learner
-# recorded for the game, whichever LEARNERS ran; one not yet run is left out.
+# recorded for the game, whichever LEARNERS ran; one not yet run is left out. Last,
+# scripts/minatar_aggregate.py draws the aggregate over games (IQM with stratified-bootstrap
+# intervals, performance profiles, normalized by Double DQN per game) into
+# OUT_DIR/minatar_aggregate.png and .md.
 #
 # Learners (the game's flagfile otherwise):
 #   dqn   GAME_minatar.flags (Double DQN)
@@ -107,3 +110,5 @@ for game in $GAMES; do
   fi
   write_summary
 done
+python scripts/minatar_aggregate.py --records "$OUT/minatar" --out "$OUT/minatar_aggregate.png" \
+  --table "$OUT/minatar_aggregate.md" || echo "no aggregate yet: it needs Double DQN's records"

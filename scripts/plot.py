@@ -12,6 +12,7 @@ seeds. The table gives, per run, the metric at its last logged step: mean over
 seeds, interquartile mean (IQM; Agarwal et al., 2021, "Deep Reinforcement
 Learning at the Edge of the Statistical Precipice"), min, max and a 95%
 bootstrap CI of the mean. It is printed, and written as Markdown with --table.
+The statistics are rliable's definitions, from ``scripts/stats.py``.
 
 A sweep (``--sweep``: one workdir whose ``summary.json`` holds ``runs``):
 
@@ -36,10 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-
-NUM_RESAMPLES = 2000
-CONFIDENCE = 0.95
-BOOTSTRAP_SEED = 0
+import stats
 
 
 class Curve(NamedTuple):
@@ -71,80 +69,20 @@ class Summary(NamedTuple):
     ci_high: float
 
 
-# ---- statistics --------------------------------------------------------------
-
-
-def iqm(values) -> float:
-    """Interquartile mean: the mean of the middle 50% of the finite values.
-
-    Drops ``floor(n / 4)`` values from each end of the sorted values (as
-    ``scipy.stats.trim_mean(x, 0.25)`` and rliable do). With fewer than 4 values
-    nothing is dropped, so it equals the plain mean; see :func:`summarize`.
-    """
-    x = np.sort(_finite(values))
-    if x.size == 0:
-        return math.nan
-    k = x.size // 4
-    return float(x[k : x.size - k].mean())
-
-
-def bootstrap_ci(
-    values,
-    *,
-    num_resamples: int = NUM_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap confidence interval of the mean over seeds.
-
-    Resamples seeds (the last axis) with replacement, ``num_resamples`` times
-    with a fixed RNG, and takes the mean over the resampled seeds; each time
-    step shares the same resampled seed sets. NaNs are ignored in each mean.
-
-    Args:
-      values: per-seed values, [S] or [T, S].
-      num_resamples: bootstrap resamples.
-      confidence: coverage of the interval.
-      seed: seed of ``np.random.default_rng``.
-
-    Returns:
-      ``(low, high)``, each shaped like ``values`` without its last axis; NaN
-      where fewer than 2 seeds have a finite value (no spread to resample).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    n = x.shape[-1]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(num_resamples, n))  # [R, S] resampled seed indices
-    weights = np.zeros((num_resamples, n))  # [R, S] times each seed was drawn
-    np.add.at(weights, (np.arange(num_resamples)[:, None], idx), 1.0)
-    finite = np.isfinite(x)
-    totals = np.where(finite, x, 0.0) @ weights.T  # [..., R]
-    counts = finite.astype(np.float64) @ weights.T  # [..., R]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, totals / counts, np.nan)
-    alpha = (1.0 - confidence) / 2
-    enough = finite.sum(-1) >= 2
-    means = np.where(enough[..., None], means, 0.0)
-    low, high = np.nanquantile(means, [alpha, 1.0 - alpha], axis=-1)
-    return np.where(enough, low, np.nan), np.where(enough, high, np.nan)
-
-
-def _finite(values) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64).ravel()
-    return x[np.isfinite(x)]
+# ---- summaries ---------------------------------------------------------------
 
 
 def summarize(curve: Curve, **bootstrap_kwargs) -> Summary:
     """The metric at the run's last logged step, summarized over seeds."""
     last = curve.values[-1]
-    finite = _finite(last)
-    low, high = bootstrap_ci(last, **bootstrap_kwargs)
+    finite = stats.finite(last)
+    low, high = stats.mean_ci(last, **bootstrap_kwargs)
     return Summary(
         label=curve.label,
         seeds=int(last.size),
         env_steps=int(curve.steps[-1]),
         mean=float(finite.mean()) if finite.size else math.nan,
-        iqm=iqm(last),
+        iqm=stats.iqm(last),
         iqm_is_mean=finite.size < 4,
         min=float(finite.min()) if finite.size else math.nan,
         max=float(finite.max()) if finite.size else math.nan,
@@ -274,7 +212,7 @@ def plot_curves(curves: list[Curve], out: Path, *, metric: str, title: str = "")
             mean = np.where(counts > 0, np.nansum(curve.values, -1) / np.maximum(counts, 1), np.nan)
         seeds = curve.values.shape[-1]
         (line,) = ax.plot(curve.steps, mean, label=f"{curve.label} ({seeds} seeds)")
-        low, high = bootstrap_ci(curve.values)
+        low, high = stats.mean_ci(curve.values)
         band = np.isfinite(low) & np.isfinite(high)
         ax.fill_between(curve.steps, low, high, where=band, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("env steps (per seed)")
@@ -326,8 +264,8 @@ def load_sweep(run_dir: Path) -> tuple[list[str], list[SweepPoint]]:
     points = []
     for key, returns in groups.items():
         returns = np.asarray(returns)
-        low, high = bootstrap_ci(returns)
-        finite = _finite(returns)
+        low, high = stats.mean_ci(returns)
+        finite = stats.finite(returns)
         mean = float(finite.mean()) if finite.size else math.nan
         points.append(SweepPoint(dict(zip(fields, key, strict=True)), returns, mean,
                                  float(low), float(high)))  # fmt: skip
@@ -349,11 +287,11 @@ def best_table(fields: list[str], points: list[SweepPoint], top: int = 10) -> st
     ]
     for i, p in enumerate(ranked[:top], 1):
         ci = "-" if not math.isfinite(p.ci_low) else f"[{p.ci_low:.2f}, {p.ci_high:.2f}]"
-        finite = _finite(p.returns)
+        finite = stats.finite(p.returns)
         lo, hi = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
         values = " | ".join(_text(p.values[f]) for f in fields)
-        stats = f"{p.returns.size} | {_num(p.mean)} | {ci} | {_num(lo)} | {_num(hi)}"
-        lines.append(f"| {i} | {values} | {stats} |")
+        numbers = f"{p.returns.size} | {_num(p.mean)} | {ci} | {_num(lo)} | {_num(hi)}"
+        lines.append(f"| {i} | {values} | {numbers} |")
     return "\n".join(lines) + "\n"
 
 
@@ -376,8 +314,8 @@ def sensitivity(field: str, fields: list[str], points: list[SweepPoint]) -> dict
             returns = [r for p in group if p.values[field] == x for r in p.returns]
             if not returns:
                 continue
-            low, high = bootstrap_ci(returns)
-            finite = _finite(returns)
+            low, high = stats.mean_ci(returns)
+            finite = stats.finite(returns)
             row.append((x, finite.mean() if finite.size else math.nan, float(low), float(high)))
         x, mean, low, high = zip(*row, strict=True)
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in x)

@@ -1,4 +1,4 @@
-"""Tests for scripts/adam_scale.py: Adam's second moment and the epsilon step factor."""
+"""Tests for experiments/studies/adam_scale.py: Adam's second moment and the epsilon step factor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import optax
 import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
-    "dqnx_adam_scale", Path(__file__).resolve().parents[1] / "scripts" / "adam_scale.py"
+    "dqnx_adam_scale",
+    Path(__file__).resolve().parents[1] / "experiments" / "studies" / "adam_scale.py",
 )
 adam_scale = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(adam_scale)

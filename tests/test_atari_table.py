@@ -33,9 +33,16 @@ def test_normalized_scores_and_aggregates(tmp_path, capsys):
     assert "| pong | 3 |" in capsys.readouterr().out
 
 
-def test_iqm_weights_fractional_ends():
-    # 5 values: quartiles at 1.25 and 3.75 -> weights 0.75, 1, 0.75 on the middle three.
-    assert atari_table.iqm([0, 1, 2, 3, 100]) == pytest.approx((0.75 * 1 + 2 + 0.75 * 3) / 2.5)
+def test_iqm_trims_whole_games():
+    # 5 games: floor(5 / 4) = 1 dropped from each end (stats.py, rliable's IQM).
+    normalized = {"pong": 0.0, "boxing": 1.0, "breakout": 2.0, "enduro": 3.0, "freeway": 100.0}
+    games = {}
+    for game, x in normalized.items():
+        random, human = atari_table.REFERENCE[game]
+        games[game] = [random + x * (human - random)]
+    _, numbers = atari_table.table(games)
+    assert numbers["iqm"] == pytest.approx((1 + 2 + 3) / 3)
+    assert numbers["median"] == pytest.approx(2.0)
 
 
 def test_not_an_atari_run_is_an_error(tmp_path):

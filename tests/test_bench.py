@@ -1,6 +1,5 @@
-"""Smoke tests of scripts/bench.py and scripts/bench_replay.py on tiny sizes."""
+"""Smoke test of scripts/bench.py on tiny sizes."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,51 +15,9 @@ def positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@pytest.fixture(scope="module")
-def replay_result(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location(
-        "bench_replay", ROOT / "scripts" / "bench_replay.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("replay") / "replay.json"
-    # One observation kind (the bool one: its dtype must survive storage); the
-    # script loops over kinds the same way.
-    argv = ["--capacity=320", "--batch=32", "--add=8", "--repeats=5", "--observations=minatar"]
-    result = module.main([*argv, f"--out={out}"])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    return result
-
-
-def test_bench_replay_dqnx(replay_result):
-    rows = [r for r in replay_result["results"] if r["buffer"] == "dqnx"]
-    assert len(rows) == 1 and replay_result["observations"] == ["minatar"]
-    assert rows[0]["obs_bytes"] == 400  # bool[10, 10, 4]: one byte per cell
-    for r in rows:
-        for key in ("add_us", "sample_us", "add_us_in_scan", "sample_us_in_scan"):
-            assert positive(r[key]), key
-        # s and s' at their own dtype, plus action, reward, terminated.
-        assert r["bytes_per_transition"] <= 2 * r["obs_bytes"] + 16
-        assert r["bytes_per_transition"] >= 2 * r["obs_bytes"] + 9
-
-
-def test_bench_replay_flashbax(replay_result):
-    pytest.importorskip("flashbax")
-    assert replay_result["flashbax"] and replay_result["flashbax_error"] is None
-    by = {(r["transitions"], r["buffer"]): r for r in replay_result["results"]}
-    for label in {t for t, _ in by}:
-        dqnx, item, flat = (by[label, b] for b in ("dqnx", "flashbax item", "flashbax flat"))
-        for r in (item, flat):
-            assert positive(r["add_us"]) and positive(r["sample_us"])
-        # The item buffer stores the same transitions; the flat one each observation once.
-        assert item["bytes_per_transition"] == pytest.approx(dqnx["bytes_per_transition"], rel=0.05)
-        assert flat["bytes_per_transition"] < dqnx["bytes_per_transition"]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def bench_run(tmp_path_factory):
-    """Starts bench.py in a subprocess before this module's first test, so that it
-    runs while the replay benchmark runs in this process; yields its result."""
+    """Starts bench.py in a subprocess before this module's first test; yields its result."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cmd = [
         sys.executable,

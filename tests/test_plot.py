@@ -1,4 +1,4 @@
-"""Tests for scripts/plot.py: IQM, bootstrap CI, loading runs, the table and the PNG."""
+"""Tests for scripts/plot.py: loading runs, the table and the PNG (statistics: test_stats.py)."""
 
 from __future__ import annotations
 
@@ -44,47 +44,6 @@ def _write_run(run_dir, env_name, eval_offset, seeds=3, chunks=6, eval_every=2, 
         text += '{"env_steps": 7000, "sps": 1'  # a line cut by a crash
     (run_dir / "metrics.jsonl").write_text(text)
     return run_dir
-
-
-def test_iqm_matches_hand_values():
-    x = np.array([9.0, 1.0, 5.0, 3.0, 7.0, 100.0, -50.0, 4.0])  # 8 values: drop 2 each end
-    assert plot.iqm(x) == pytest.approx(np.mean([3.0, 4.0, 5.0, 7.0]))
-    y = np.array([1.0, 2.0, 3.0, 4.0, 50.0])  # 5 values: drop 1 each end
-    assert plot.iqm(y) == pytest.approx(3.0)
-    assert plot.iqm([4.0, 1.0, 2.0, 3.0]) == pytest.approx(2.5)
-    assert plot.iqm([1.0, 2.0, 9.0]) == pytest.approx(4.0)  # < 4 seeds: the plain mean
-    assert plot.iqm([1.0, np.nan, 3.0]) == pytest.approx(2.0)
-    assert math.isnan(plot.iqm([np.nan]))
-
-
-def test_iqm_agrees_with_scipy_trim_mean():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(1)
-    for n in (4, 5, 7, 10, 33):
-        x = rng.normal(size=n)
-        assert plot.iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
-
-
-def test_bootstrap_ci_matches_explicit_resampling():
-    x = np.array([1.0, 4.0, 2.0, 8.0, 5.0])
-    low, high = plot.bootstrap_ci(x, num_resamples=500, confidence=0.9, seed=3)
-    idx = np.random.default_rng(3).integers(0, 5, size=(500, 5))
-    means = x[idx].mean(axis=1)
-    assert low == pytest.approx(np.quantile(means, 0.05))
-    assert high == pytest.approx(np.quantile(means, 0.95))
-    assert x.min() < low < x.mean() < high < x.max()
-
-
-def test_bootstrap_ci_over_time_and_with_missing_seeds():
-    x = np.array([[1.0, 2.0, 3.0], [np.nan, 4.0, 8.0], [np.nan, np.nan, 5.0]])
-    low, high = plot.bootstrap_ci(x, num_resamples=300, seed=0)
-    idx = np.random.default_rng(0).integers(0, 3, size=(300, 3))
-    ref = np.quantile(x[0][idx].mean(axis=1), [0.025, 0.975])
-    assert [low[0], high[0]] == pytest.approx(ref)
-    assert 4.0 <= low[1] <= high[1] <= 8.0  # NaN seeds ignored in every resample
-    assert math.isnan(low[2]) and math.isnan(high[2])  # one finite seed: no interval
-    again = plot.bootstrap_ci(x, num_resamples=300, seed=0)
-    np.testing.assert_array_equal(again[0], low)  # fixed seed: reproducible
 
 
 def test_load_curve_keeps_only_evaluated_lines(tmp_path):

@@ -1,6 +1,7 @@
 """How much Adam's epsilon shrinks a run's steps, read from its checkpoint.
 
-  python scripts/adam_scale.py runs/NAME [runs/OTHER ...] [--step N] [--eps 1e-8,3.125e-4]
+  python experiments/studies/adam_scale.py runs/NAME [runs/OTHER ...] [--step N] \
+      [--eps 1e-8,3.125e-4]
 
 Adam moves each parameter by lr * m / (sqrt(v) + eps), where v is the running
 mean of the squared gradient (bias-corrected). Where sqrt(v) is far below eps,
