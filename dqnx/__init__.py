@@ -29,9 +29,9 @@ _MODULES = (
     "munchausen", "networks", "noisy", "nstep", "objectives", "parallel", "prioritized",
     "replay", "shell", "sweep", "checks", "defaults", "train",
 )  # fmt: skip
-_ATTRIBUTES = {"make_train": ("dqnx.compiled", "make_train"), "run": ("dqnx.train", "run")}
+_ATTRIBUTES = {"make_train_fns": ("dqnx.compiled", "make_train_fns"), "run": ("dqnx.train", "run")}
 
-__all__ = ["Config", "ConfigError", *_MODULES, "make_train", "run"]
+__all__ = ["Config", "ConfigError", *_MODULES, "make_train_fns", "run"]
 
 
 def __getattr__(name: str):

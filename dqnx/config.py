@@ -15,73 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from dqnx import defaults
+from dqnx import defaults, field_checks
 from dqnx.errors import ConfigError, suggest
-from dqnx.names import CONV_IMPLS, NETWORKS
 
 __all__ = ["Config", "ConfigError", "suggest"]
-
-LOSSES = ("huber", "mse")
-LEARNERS = defaults.LEARNERS
-COMPUTE_DTYPES = ("float32", "bfloat16")
-EXPLORATIONS = ("linear", "apex")
-# Fields with a fixed set of values (Config.check_fields adds "network": names.NETWORKS).
-_CHOICES = {
-    "loss": LOSSES,
-    "learner": LEARNERS,
-    "conv_impl": CONV_IMPLS,
-    "compute_dtype": COMPUTE_DTYPES,
-    "exploration": EXPLORATIONS,
-    "actor_schedule": ("fixed", "async"),
-    "actors": ("threads", "ray"),
-}
 
 
 def neutral(default):
     """A result-neutral field: resuming with another value is allowed."""
     return dataclasses.field(default=default, metadata={"result_neutral": True})
-
-
-# Integer fields Config.check_fields checks: > 0, and >= 0.
-_POSITIVE_INTS = (
-    "num_seeds", "total_steps", "num_envs", "rollout_steps", "updates_per_iteration",
-    "buffer_size", "batch_size", "target_update_period", "eval_episodes", "log_every",
-    "keep_checkpoints", "num_processes", "n_step", "actor_sync_period", "actor_threads",
-    "num_actor_processes",
-    "queue_size", "num_quantiles", "num_tau_samples", "num_tau_prime_samples",
-    "num_quantile_samples",
-)  # fmt: skip
-_NON_NEGATIVE_INTS = (
-    "learning_starts", "epsilon_decay_steps", "eval_every", "checkpoint_every", "seed",
-    "num_devices", "seed_group_size", "process_id", "actor_devices", "learner_devices",
-    "sweep_random", "actor_lag",
-)  # fmt: skip
-
-
-def _within(low, high, closed_low=True):
-    return lambda v: (low <= v if closed_low else low < v) and v <= high
-
-
-# Per-field ranges that Config.check_fields checks: field -> (test, what the message says).
-_BOUNDS = {
-    "gamma": (_within(0.0, 1.0), "in [0, 1]"),
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "adam_eps": (lambda v: v >= 0, ">= 0"),
-    "max_grad_norm": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
-    "tau": (_within(0.0, 1.0, closed_low=False), "in (0, 1]"),
-    "huber_delta": (lambda v: v > 0, "> 0"),
-    "epsilon_start": (_within(0.0, 1.0), "in [0, 1]"),
-    "epsilon_end": (_within(0.0, 1.0), "in [0, 1]"),
-    "eval_epsilon": (_within(0.0, 1.0), "in [0, 1]"),
-    "priority_exponent": (lambda v: v >= 0, ">= 0"),
-    "importance_exponent": (_within(0.0, 1.0), "in [0, 1]"),
-    "apex_epsilon": (_within(0.0, 1.0), "in [0, 1]"),
-    "apex_alpha": (lambda v: v >= 0, ">= 0"),
-    "munchausen_tau": (lambda v: v > 0, "> 0"),
-    "munchausen_alpha": (lambda v: v >= 0, ">= 0"),
-    "munchausen_l0": (lambda v: v <= 0, "<= 0"),
-    "noisy_sigma0": (lambda v: v > 0, "> 0 (--nonoisy for no noise)"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,61 +356,8 @@ class Config:
 
     # ---- validation ----------------------------------------------------
     def check_fields(self) -> Config:
-        """Checks every field on its own; raises ConfigError with a one-line message.
-
-        The environment name, device counts and memory are checked by
-        ``dqnx.checks.validate``, which calls this first."""
-
-        def fail(msg: str):
-            raise ConfigError(msg)
-
-        for name in _POSITIVE_INTS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                fail(f"--{name} must be a positive integer, got {value!r}")
-        for name in _NON_NEGATIVE_INTS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                fail(f"--{name} must be a non-negative integer, got {value!r}")
-        if self.total_steps >= 2**31 - self.steps_per_iteration * (self.iterations_per_chunk + 1):
-            fail(f"--total_steps={self.total_steps} is too large (env steps are int32 counters)")
-        if self.coordinator_address and self.process_id >= self.num_processes:
-            fail(f"--process_id={self.process_id} must be < --num_processes={self.num_processes}")
-        for name, (ok, bound) in _BOUNDS.items():
-            value = getattr(self, name)
-            if not ok(value):
-                fail(f"--{name} must be {bound}, got {value}")
-        for option in self.env_options:
-            if "=" not in option or not option.split("=", 1)[0]:
-                fail(f"--env_options takes KEY=VALUE items, got {option!r}")
-        choices = dict(_CHOICES, network=NETWORKS)
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                fail(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.num_atoms, int) or self.num_atoms < 2:
-            fail(f"--num_atoms must be an integer >= 2, got {self.num_atoms!r}")
-        if not self.v_min < self.v_max:
-            fail(f"--v_min must be < --v_max, got {self.v_min} and {self.v_max}")
-        if self.munchausen and self.learner not in ("dqn", "iqn"):
-            fail(f"--munchausen applies to --learner=dqn or iqn, not {self.learner!r}")
-        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
-            fail(f"--hidden_sizes must be positive integers, got {list(self.hidden_sizes)}")
-        if self.batch_size > self.buffer_size:
-            fail(f"--batch_size={self.batch_size} exceeds --buffer_size={self.buffer_size}")
-        if self.learning_starts < self.batch_size:
-            fail(
-                f"--learning_starts={self.learning_starts} is smaller than "
-                f"--batch_size={self.batch_size}: the first update would sample unwritten slots"
-            )
-        added = self.num_envs * self.rollout_steps
-        if added > self.buffer_size:
-            fail(
-                f"one iteration adds {added} transitions per device but --buffer_size="
-                f"{self.buffer_size}"
-            )
-        if self.learning_starts > self.total_steps:
-            fail(
-                f"--learning_starts={self.learning_starts} exceeds "
-                f"--total_steps={self.total_steps}: nothing would be learned"
-            )
+        """Checks every field on its own (``field_checks.check``); raises
+        ConfigError with a one-line message. The environment name, device counts
+        and memory are checked by ``dqnx.checks.validate``, which calls this first."""
+        field_checks.check(self)
         return self

@@ -95,7 +95,7 @@ def _load(workdir: Path, config, step) -> _Loaded:
             state, step = resumer.restore(program.checkpoint_template(), step)
             program.state, program.env_steps = state, int(step)
             return _Loaded(config, None, program, state, int(step))
-        fns = compiled.make_train(config, layout=builder.choose_layout(config))
+        fns = compiled.make_train_fns(config, layout=builder.choose_layout(config))
         programs = compiled.compile_train(fns, training=False)
         state, step = resumer.restore(programs.initial_state, step)
     finally:

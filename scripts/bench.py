@@ -116,7 +116,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     # The chunk the full loop runs is fns.chunk: set its length via log_every.
     config = checks.validate(config.replace(log_every=n * spi))
     layout = builder.choose_layout(config)
-    fns = compiled.make_train(config, layout=layout)
+    fns = compiled.make_train_fns(config, layout=layout)
     assert fns.config.iterations_per_chunk == n
 
     xla.clear_executables()  # compile seconds are measured: nothing compiled before is reused
@@ -136,7 +136,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
     part_state = state
     if groups > 1:
         part_config = config.replace(num_seeds=group * layout.seeds)
-        part_fns = compiled.make_train(part_config, layout=layout)
+        part_fns = compiled.make_train_fns(part_config, layout=layout)
         part_programs = compiled.compile_train(part_fns)
         part_programs.evaluate.seconds()  # no background compile during the timings
         part_state, _ = part_programs.prefill(part_programs.initial_state)

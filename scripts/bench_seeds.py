@@ -33,7 +33,7 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 
 
 def measure(config, chunks):
-    fns = compiled.make_train(config, layout=builder.choose_layout(config))
+    fns = compiled.make_train_fns(config, layout=builder.choose_layout(config))
     xla.clear_executables()  # compile seconds are measured: nothing compiled before is reused
     programs = compiled.compile_train(fns)
     compile_s = programs.compile_s  # as `run` reports it: until the training programs are ready

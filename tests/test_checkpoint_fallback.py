@@ -285,3 +285,17 @@ def test_host_actor_run_falls_back_to_the_previous_checkpoint(tmp_path, capsys):
     assert (tmp_path / "checkpoints" / "464.corrupt").is_dir()
     assert "checkpoints/464 is corrupt" in capsys.readouterr().err
     assert [r[0] for r in _metric_rows(tmp_path)] == [264, 464, 664]
+
+
+def test_extending_an_annealed_run_says_why_total_steps_is_fixed():
+    from dqnx.shell.loop import check_drift
+
+    config = CONFIG.replace(anneal_lr=True, workdir="RUN")
+    saved = {"config": config.replace(total_steps=1_000).to_dict()}
+    with pytest.raises(ConfigError, match=r"anneals to 0 over its --total_steps=1000 \(--anneal"):
+        check_drift(config.replace(total_steps=2_000), saved)
+    check_drift(config.replace(total_steps=2_000, allow_config_change=True), saved)
+    # Without annealing, total_steps is free to change.
+    check_drift(
+        CONFIG.replace(total_steps=2_000), {"config": CONFIG.replace(total_steps=1_000).to_dict()}
+    )

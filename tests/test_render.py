@@ -21,7 +21,7 @@ def workdir(tmp_path_factory):
 
 
 def test_play_episode_stops_at_the_first_end_on_the_reached_state():
-    fns = compiled.make_train(TINY)
+    fns = compiled.make_train_fns(TINY)
     params = fns.network.init(jax.random.key(0), np.zeros((1, 4), np.float32))  # untrained
     states, rewards, ended = evaluate.play_episode(fns, params, jax.random.key(0), max_steps=200)
     length = len(rewards)

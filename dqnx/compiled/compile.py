@@ -12,8 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dqnx import parallel, xla
-from dqnx.compiled.state import ChunkMetrics, TrainState, metric_specs, state_specs
-from dqnx.compiled.train_fns import TrainFns
+from dqnx.compiled.state import ChunkMetrics, TrainFns, TrainState, metric_specs, state_specs
 
 
 class Compiled(NamedTuple):

@@ -9,7 +9,7 @@ from dqnx import builder, parallel, sweep
 from dqnx.checkpoint import CheckpointError
 from dqnx.compiled import hyper
 from dqnx.compiled.compile import compile_train
-from dqnx.compiled.train_fns import make_train
+from dqnx.compiled.train_fns import make_train_fns
 from dqnx.config import Config
 from dqnx.shell.program import ChunkReport, Schedule
 
@@ -34,7 +34,7 @@ class CompiledProgram:
         self.program = program
         self.num_runs = len(program.runs) if program else config.num_seeds
         layout = builder.choose_layout(config.replace(num_seeds=self.num_runs))
-        self.fns = make_train(config, layout=layout, program=program)
+        self.fns = make_train_fns(config, layout=layout, program=program)
         self.programs = compile_train(self.fns)
         self.compile_s = self.programs.compile_s
         self.state = self.programs.initial_state

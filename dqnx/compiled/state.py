@@ -1,16 +1,23 @@
 """The compiled mode's state layout: what a run carries between chunks, how it
-is vmapped over seeds and how it lies on the ``(seeds, data)`` device mesh."""
+is vmapped over seeds and how it lies on the ``(seeds, data)`` device mesh; and
+``TrainFns``, the pure functions of a run (built by ``train_fns.make_train_fns``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from dqnx import builder, parallel, prioritized, replay
+from dqnx import actor as actor_lib
+from dqnx import builder, envs, parallel, prioritized, replay, sweep
+from dqnx import learner as learner_lib
 from dqnx import nstep as nstep_lib
+from dqnx.compiled import hyper
 from dqnx.config import Config
 from dqnx.types import ActorState, EpisodeStats, LearnerState
 
@@ -94,3 +101,46 @@ def seed_keys(config: Config, seeds=None) -> jax.Array:
     if seeds is None:
         seeds = [config.seed + i for i in range(config.num_seeds)]
     return jnp.stack([jax.random.key(s) for s in seeds])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainFns:
+    """The pure functions of a run. Jit them (donating the state) to use them."""
+
+    config: Config
+    env: envs.Env
+    network: Any
+    actor: actor_lib.Actor
+    learner: learner_lib.Learner
+    buffer: replay.UniformReplay
+    layout: parallel.Layout
+    schedules: builder.Schedules
+    init: Callable[..., TrainState]
+    prefill: Callable[[TrainState], tuple[TrainState, EpisodeStats]]
+    run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
+    evaluate: Callable[[TrainState], jax.Array]
+    seed_group: int  # seeds a device advances together (seed_group_size)
+    program: sweep.ProgramPlan | None = None  # the sweep's runs this program trains
+    num_runs: int = 0  # vmapped runs: num_seeds, or the sweep program's runs
+
+    @property
+    def traces_hparams(self) -> bool:
+        """The state holds per-run traced hyperparameters (``TrainState.hparams``)."""
+        return bool(self.program and self.program.traced)
+
+    def run_keys(self) -> jax.Array:
+        """The runs' root keys ``[R]``: ``seed_keys``, or the sweep runs' seeds'."""
+        return seed_keys(self.config, hyper.run_seeds(self.program))
+
+    def initial_hparams(self):
+        """The runs' traced hyperparameters ``{name: [R]}`` (None without)."""
+        return hyper.device_hparams(self.program)
+
+    def make_chunk(self, num_iterations: int):
+        """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
+        return functools.partial(self.run_chunk, num_iterations=num_iterations)
+
+    @property
+    def chunk(self):
+        """``make_chunk`` of the config's ``iterations_per_chunk``."""
+        return self.make_chunk(self.config.iterations_per_chunk)

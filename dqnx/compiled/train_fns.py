@@ -17,64 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from dqnx import actor as actor_lib
-from dqnx import builder, envs, parallel, replay, sweep
+from dqnx import builder, envs, parallel, sweep
 from dqnx import learner as learner_lib
 from dqnx import nstep as nstep_lib
 from dqnx.compiled import hyper, seed_groups
-from dqnx.compiled.state import ChunkMetrics, TrainState, seed_axes, seed_keys
+from dqnx.compiled.state import ChunkMetrics, TrainFns, TrainState, seed_axes, seed_keys
 from dqnx.config import Config
 from dqnx.learn_step import make_learn_step
-from dqnx.types import EpisodeStats, Transition
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainFns:
-    """The pure functions of a run. Jit them (donating the state) to use them."""
-
-    config: Config
-    env: envs.Env
-    network: Any
-    actor: actor_lib.Actor
-    learner: learner_lib.Learner
-    buffer: replay.UniformReplay
-    layout: parallel.Layout
-    schedules: builder.Schedules
-    init: Callable[..., TrainState]
-    prefill: Callable[[TrainState], tuple[TrainState, EpisodeStats]]
-    run_chunk: Callable[[TrainState, Any], tuple[TrainState, ChunkMetrics]]
-    evaluate: Callable[[TrainState], jax.Array]
-    seed_group: int  # seeds a device advances together (seed_group_size)
-    program: sweep.ProgramPlan | None = None  # the sweep's runs this program trains
-    num_runs: int = 0  # vmapped runs: num_seeds, or the sweep program's runs
-
-    @property
-    def traces_hparams(self) -> bool:
-        """The state holds per-run traced hyperparameters (``TrainState.hparams``)."""
-        return bool(self.program and self.program.traced)
-
-    def run_keys(self) -> jax.Array:
-        """The runs' root keys ``[R]``: ``seed_keys``, or the sweep runs' seeds'."""
-        return seed_keys(self.config, hyper.run_seeds(self.program))
-
-    def initial_hparams(self):
-        """The runs' traced hyperparameters ``{name: [R]}`` (None without)."""
-        return hyper.device_hparams(self.program)
-
-    def make_chunk(self, num_iterations: int):
-        """``state -> (state, ChunkMetrics)`` running ``num_iterations`` iterations."""
-        return functools.partial(self.run_chunk, num_iterations=num_iterations)
-
-    @property
-    def chunk(self):
-        """``make_chunk`` of the config's ``iterations_per_chunk``."""
-        return self.make_chunk(self.config.iterations_per_chunk)
+from dqnx.types import Transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +62,7 @@ class _Parts:
         )
 
 
-def make_train(
+def make_train_fns(
     config: Config,
     *,
     network=None,

@@ -66,3 +66,16 @@ def evaluate_greedy(env, network, params, epsilon: float = 0.0, *, seed: int = 0
             break
     returns[~finished] = running[~finished]
     return returns
+
+
+def evaluate_on_fresh_envs(make_env, network, params, device, *, episodes: int, epsilon: float,
+                           seed: int, offset: int, env_steps: int) -> np.ndarray:  # fmt: skip
+    """``evaluate_greedy`` on ``episodes`` new environments of ``make_env`` (seeded
+    apart from the actors': ``seed + 10_000_019 + offset``), acting with a copy of
+    ``params`` on ``device``; exploration draws seeded by ``env_steps``."""
+    env = make_env(episodes, seed + 10_000_019 + offset, evaluation=True)
+    try:
+        params = jax.device_put(jax.tree.map(jnp.copy, params), device)
+        return evaluate_greedy(env, network, params, epsilon, seed=seed + env_steps + offset)
+    finally:
+        env.close()

@@ -16,12 +16,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dqnx import parallel, prioritized, replay
+from dqnx.frame_replay import FrameStep
 from dqnx.learn_step import make_learn_step
-from dqnx.types import LearnerState
+from dqnx.nstep import NStepTransition
+from dqnx.types import LearnerState, Transition
 
 
 class HostLearnerState(NamedTuple):
@@ -87,6 +90,27 @@ def add_frame_blocks(buffer):
         return jax.lax.scan(one, replay_state, (groups, blocks))[0]
 
     return add_blocks
+
+
+def transition_examples(obs0, iteration_items: int, n_step: int):
+    """(one replay item, one iteration's items, the add) of a transition buffer."""
+    r0, f0 = np.float32(0), np.bool_(False)
+    if n_step > 1:
+        item = NStepTransition(obs0, np.int32(0), r0, obs0, f0, np.float32(0))
+    else:
+        item = Transition(obs0, np.int32(0), r0, obs0, f0)
+    items = jax.tree.map(lambda x: np.zeros((iteration_items, *x.shape), x.dtype), item)
+    return item, items, add_transitions
+
+
+def frame_examples(obs0, num_actions: int, envs: int, num_groups: int, rollout_steps: int):
+    """The same for a frame buffer: items are (groups[M], FrameStep[M, K, N])."""
+    frame = obs0[-1]
+    action = np.uint8(0) if num_actions <= 256 else np.int32(0)
+    step = FrameStep(frame, action, np.float32(0), False, False, False, frame)
+    step = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (envs, *np.shape(x))), step)
+    blocks = jax.tree.map(lambda x: np.zeros((num_groups, rollout_steps, *x.shape), x.dtype), step)
+    return step, (np.zeros(num_groups, np.int32), blocks), add_frame_blocks
 
 
 def make_learner_programs(

@@ -46,17 +46,15 @@ import numpy as np
 
 from dqnx import builder, parallel, xla
 from dqnx.config import Config
-from dqnx.frame_replay import FrameStep
 from dqnx.host_actors import snapshot
 from dqnx.host_actors.actor import ThreadActors
 from dqnx.host_actors.core import flat_params
-from dqnx.host_actors.evaluation import evaluate_greedy
-from dqnx.host_actors.learner import add_frame_blocks, add_transitions, make_learner_programs
+from dqnx.host_actors.evaluation import evaluate_on_fresh_envs
+from dqnx.host_actors.learner import frame_examples, make_learner_programs, transition_examples
 from dqnx.host_actors.schedule import ActorSchedule, env_maker, make_core
-from dqnx.nstep import NStepTransition
+from dqnx.host_actors.stats import new_stats, over_processes
 from dqnx.shell.program import ChunkReport, Schedule
 from dqnx.shell.signals import RunFailed
-from dqnx.types import Transition
 
 
 class HostActorProgram:
@@ -100,10 +98,12 @@ class HostActorProgram:
         obs0 = np.zeros(spec.obs_shape, spec.obs_dtype)
         if self.frames:
             buffer = builder.make_frame_buffer(config, num_threads, self.envs_per_thread)
-            init, items, add_items = self._frame_examples(obs0, num_threads)
+            init, items, add_items = frame_examples(
+                obs0, spec.num_actions, self.envs_per_thread, num_threads, config.rollout_steps
+            )
         else:
             buffer = builder.make_buffer(config, config.buffer_size // d, self.iteration_items // d)
-            init, items, add_items = self._transition_examples(obs0)
+            init, items, add_items = transition_examples(obs0, self.iteration_items, config.n_step)
         # Transitions the replay holds in all (a transition buffer is one per learner device).
         self.buffer_transitions = buffer.capacity * (1 if self.frames else d)
         self.programs = make_learner_programs(
@@ -136,17 +136,7 @@ class HostActorProgram:
             ),
             iterations_per_chunk=max(1, config.log_every // self.iteration_items),
         )
-        self.where = (
-            f"{num_threads} actor thread(s) x {self.envs_per_thread} envs on "
-            f"{len(actor_devices)} device(s), learner on {d} device(s)"
-        )
-        if config.actors == "ray":
-            self.where = (
-                f"{num_threads} Ray actor process(es) x {self.envs_per_thread} envs, learner "
-                f"on {d} device(s)"
-            )
-        if self.processes > 1:
-            self.where = f"{self.where} over {self.processes} processes (actors per process)"
+        self.where = _where(config, num_threads, self.envs_per_thread, len(actor_devices), d)
         self.env_steps = 0
         self.num_updates = 0
         # Versions go to the actors as one flat vector: one transfer, not one per leaf.
@@ -154,26 +144,6 @@ class HostActorProgram:
         self.num_actors = num_threads  # in this process
         self.actors = None  # the backend, once started
         self.compile_s = time.perf_counter() - t0
-
-    def _transition_examples(self, obs0):
-        """(one replay item, one iteration's items, the add) of a transition buffer."""
-        r0, f0 = np.float32(0), np.bool_(False)
-        if self.config.n_step > 1:
-            item = NStepTransition(obs0, np.int32(0), r0, obs0, f0, np.float32(0))
-        else:
-            item = Transition(obs0, np.int32(0), r0, obs0, f0)
-        items = jax.tree.map(lambda x: np.zeros((self.iteration_items, *x.shape), x.dtype), item)
-        return item, items, add_transitions
-
-    def _frame_examples(self, obs0, num_threads: int):
-        """The same for a frame buffer: items are (groups[M], FrameStep[M, K, N])."""
-        n, frame = self.envs_per_thread, obs0[-1]
-        action = np.uint8(0) if self.spec.num_actions <= 256 else np.int32(0)
-        step = FrameStep(frame, action, np.float32(0), False, False, False, frame)
-        step = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), step)
-        k = self.config.rollout_steps
-        blocks = jax.tree.map(lambda x: np.zeros((num_threads, k, *x.shape), x.dtype), step)
-        return step, (np.zeros(num_threads, np.int32), blocks), add_frame_blocks
 
     def _join(self, batches):
         """One iteration's items from the actors' batches."""
@@ -347,7 +317,7 @@ class HostActorProgram:
 
     def prefill(self) -> int:
         self._start_actors()
-        stats = _new_stats()
+        stats = new_stats()
         for _ in range(self.schedule.prefill_steps // self.iteration_items):
             self.state = self._add(self.state, self._next_items(stats))
             self.env_steps += self.iteration_items
@@ -356,7 +326,7 @@ class HostActorProgram:
         return self.env_steps
 
     def run_chunk(self, num_iterations: int) -> ChunkReport:
-        stats = _new_stats()
+        stats = new_stats()
         metrics, first_bad = [], -1
         updates = self.config.updates_per_iteration
         steps_before = self.actors.steps_taken()
@@ -388,7 +358,7 @@ class HostActorProgram:
                 f"{self.actors.inexact_from * self.iteration_items:,d}: its environments "
                 "started over"
             )
-        stats, failed = _over_processes(stats)
+        stats, failed = over_processes(stats)
         self._stop_if_failed(failed)
         extra = {
             "staleness_mean": stats["staleness_sum"] / max(stats["staleness_n"], 1),
@@ -421,7 +391,12 @@ class HostActorProgram:
         returns = np.full(mine, np.nan)
         try:
             if mine:
-                returns = self._evaluate(mine, 7_919 * p)
+                params = parallel.local_copy(self.state.learner.params)
+                returns = evaluate_on_fresh_envs(
+                    self._make_env, self.network, params, self.actor_devices[0], episodes=mine,
+                    epsilon=config.eval_epsilon, seed=config.seed, offset=7_919 * p,
+                    env_steps=self.env_steps,
+                )  # fmt: skip
         except Exception as e:
             self._fail(f"evaluation failed: {type(e).__name__}: {e}")
         if self.processes > 1:  # episode i was played by process i % processes
@@ -431,21 +406,6 @@ class HostActorProgram:
             self._stop_if_failed(rows[:, -1] > 0)
             returns = rows[:, :-1].T.reshape(-1)[: config.eval_episodes]
         return np.asarray(returns, np.float64)[None]  # [1, eval_episodes]
-
-    def _evaluate(self, episodes: int, offset: int) -> np.ndarray:
-        config = self.config
-        env = self._make_env(episodes, config.seed + 10_000_019 + offset, evaluation=True)
-        try:
-            params = jax.device_put(
-                jax.tree.map(jnp.copy, parallel.local_copy(self.state.learner.params)),
-                self.actor_devices[0],
-            )
-            return evaluate_greedy(
-                env, self.network, params, config.eval_epsilon,
-                seed=config.seed + self.env_steps + offset,
-            )  # fmt: skip
-        finally:
-            env.close()
 
     def checkpoint_state(self):
         return self.state
@@ -467,19 +427,12 @@ class HostActorProgram:
             self.actors.close()
 
 
-def _over_processes(stats: dict) -> tuple[dict, np.ndarray | None]:
-    """A chunk's statistics of every process (sums, and the largest staleness),
-    and each process's ``failed`` flag."""
-    if jax.process_count() == 1:
-        return stats, None
-    names = sorted(stats)
-    rows = parallel.gather_processes(np.array([stats[k] for k in names], np.float32))
-    out = dict(zip(names, rows.sum(axis=0).tolist(), strict=True))
-    out["staleness_max"] = float(rows[:, names.index("staleness_max")].max())
-    return out, rows[:, names.index("failed")] > 0
-
-
-def _new_stats() -> dict:
-    keys = ("episodes", "return_sum", "queue_sum", "queue_reads", "wait_s")
-    keys += ("staleness_sum", "staleness_max", "staleness_n")
-    return dict.fromkeys(keys, 0)
+def _where(config, num_actors: int, envs: int, actor_devices: int, learner_devices: int) -> str:
+    """Where the run's actors and learner run, for the start line."""
+    if config.actors == "ray":
+        where = f"{num_actors} Ray actor process(es) x {envs} envs"
+    else:
+        where = f"{num_actors} actor thread(s) x {envs} envs on {actor_devices} device(s)"
+    where = f"{where}, learner on {learner_devices} device(s)"
+    processes = jax.process_count()
+    return where + (f" over {processes} processes (actors per process)" if processes > 1 else "")

@@ -40,6 +40,13 @@ def check_drift(config: Config, meta: dict) -> None:
     drift = config.drift(saved)
     if drift and not config.allow_config_change:
         changes = ", ".join(f"--{k} ({saved.get(k)!r} -> {getattr(config, k)!r})" for k in drift)
+        if drift == ["total_steps"] and config.anneal_lr:
+            raise ConfigError(
+                f"{config.workdir} holds a run whose learning rate anneals to 0 over its "
+                f"--total_steps={saved.get('total_steps')} (--anneal_lr): another --total_steps "
+                "would change the rate of every update already taken; extend it from a fresh "
+                "--workdir, or pass --allow_config_change to continue on the new schedule"
+            )
         raise ConfigError(
             f"{config.workdir} holds a run with other settings: {changes}; rerun with the "
             "original flags, pick a new --workdir, or pass --allow_config_change"
@@ -264,6 +271,10 @@ class _Loop:
         self.writer.write(record)
         sps_avg = self.steps_this_process * seeds / max(self.train_s, 1e-9)
         eta_s = max(self.progress.total_steps - env_steps, 0) * seeds / sps_avg
+        if n < self.program.schedule.iterations_per_chunk:
+            # A short chunk's time is mostly the fixed cost of a chunk: the console
+            # shows the run's average (metrics.jsonl keeps the chunk's own).
+            record = dict(record, sps=sps_avg)
         self.progress.update(record, eta_s=eta_s)
         return env_steps
 
