@@ -62,6 +62,27 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         _DEFINED.add(field.name)
 
 
+def flag_args(config: Config, *, skip: tuple[str, ...] = ("workdir",)) -> list[str]:
+    """The command-line flags that give ``config`` (every field that differs from
+    its default, but those in ``skip``): ``config_from_flags`` of them is ``config``."""
+    hints = typing.get_type_hints(Config)
+    default = Config()
+    args = []
+    for field in dataclasses.fields(Config):
+        name, value = field.name, getattr(config, field.name)
+        if name in skip or value == getattr(default, name):
+            continue
+        if name == "sweep":
+            args += [f"--sweep={item}" for item in value]
+        elif hints[name] is bool:
+            args.append(f"--{name}" if value else f"--no{name}")
+        elif typing.get_origin(hints[name]) is tuple:
+            args.append(f"--{name}={','.join(str(x) for x in value)}")
+        else:
+            args.append(f"--{name}={value}")
+    return args
+
+
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
     values = {}
     for field in dataclasses.fields(Config):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -230,3 +232,26 @@ def test_plot_draws_the_sensitivity_and_ranks_configurations(swept, tmp_path):
     out = tmp_path / "sensitivity.png"
     assert plot.main(["--sweep", str(root / "sweep"), "--out", str(out), "--top", "3"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_run_carries_the_command_that_reproduces_its_bits(swept, tmp_path):
+    """A sweep's run entry holds the command line of its configuration with the
+    sweep's device layout (here 2 devices, one run each at a time): run as it is,
+    its first seed ends with the run's digest."""
+    _, summary, _ = swept
+    (entry,) = [r for r in summary["runs"] if list(r["hidden_sizes"]) == [32] and r["seed"] == 1
+                and all(r[k] == v for k, v in MEMBER.items())]  # fmt: skip
+    command = entry["command"]
+    assert command.startswith("python experiments/run.py ")
+    for flag in ("--seed=1", "--num_seeds=2", "--num_devices=2", "--seed_group_size=1",
+                 "--learning_rate=0.0003", "--gamma=0.97", "--tau=0.1"):  # fmt: skip
+        assert f" {flag}" in command, flag
+    assert "--sweep" not in command
+    r = subprocess.run(
+        f"{command} --workdir={tmp_path / 'alone'}", shell=True, cwd=ROOT,
+        capture_output=True, text=True,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    alone = json.loads((tmp_path / "alone" / "summary.json").read_text())
+    assert alone["params_digest"][0] == entry["params_digest"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 import jax
 import numpy as np
 
-from dqnx import builder, parallel, sweep
+from dqnx import builder, parallel, platforms, sweep
 from dqnx.checkpoint import CheckpointError
 from dqnx.compiled import hyper
 from dqnx.compiled.compile import compile_train
@@ -104,10 +106,33 @@ class CompiledProgram:
         return self.fns.schedules.mean_epsilon(env_steps)
 
     def run_entries(self) -> list[dict] | None:
-        """A sweep's runs for the summary: index, seed and overrides (None: no sweep)."""
+        """A sweep's runs for the summary: index, seed, overrides and the command
+        that reproduces the run's bits (None: no sweep).
+
+        Bits depend on the device layout: a run computes the same numbers alone as
+        in a sweep when each device advances as many runs side by side
+        (``seed_group_size``) on as many devices (XLA:CPU's code for a program on
+        two devices is not the code for one). ``command`` trains the run's
+        configuration with that layout: ``--num_seeds`` = devices x group, the run's
+        seed first, so the run's bits are that command's first seed's."""
         if not self.program:
             return None
-        return [dict(run=r.index, seed=r.seed, **r.overrides) for r in self.program.runs]
+        from dqnx import flags
+
+        layout, group = self.programs.layout, self.fns.seed_group
+        width = layout.seeds * group
+        prefix = "" if platforms.tuning_enabled() else "DQNX_XLA_CPU_TUNING=0 "
+        entries = []
+        for r in self.program.runs:
+            alone = self.program.run_config(r).replace(
+                num_seeds=width, num_devices=layout.num_devices, seed_group_size=group
+            )
+            if builder.choose_layout(alone) != layout:  # a data split the width changes
+                alone = alone.replace(num_seeds=len(self.program.runs))
+            args = " ".join(shlex.quote(a) for a in flags.flag_args(alone))
+            command = f"{prefix}python experiments/run.py {args}"
+            entries.append(dict(run=r.index, seed=r.seed, **r.overrides, command=command))
+        return entries
 
     def close(self) -> None:
         pass
