@@ -17,7 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx import envs, exploration, learner, networks, objectives, parallel, prioritized, replay
+from dqnx import (
+    env_suites,
+    envs,
+    exploration,
+    learner,
+    networks,
+    objectives,
+    parallel,
+    prioritized,
+    replay,
+)
 from dqnx.config import Config
 from dqnx.errors import ConfigError
 
@@ -57,7 +67,10 @@ def make_schedules(config: Config) -> Schedules:
 
 
 def make_env(config: Config) -> envs.Env:
-    """The compiled (gymnax) environment ``config.env_name`` names."""
+    """The compiled environment ``config.env_name`` names: a gymnax id, or a suite's
+    ``LIB:ID`` (``dqnx.env_suites``) with ``--env_options``."""
+    if env_suites.is_suite_env_name(config.env_name):
+        return env_suites.make(config.env_name, **host_env_options(config))
     return envs.make(config.env_name, normalize_obs=config.normalize_obs)
 
 
@@ -247,8 +260,9 @@ def check_replay_fits(config: Config, obs_shape, obs_dtype, num_runs: int = 0) -
 
 
 def uses_host_actors(config: Config) -> bool:
-    """True when ``config.env_name`` names a host environment (``LIB:ID``)."""
-    return ":" in config.env_name
+    """True when ``config.env_name`` names a host environment (``LIB:ID``, a LIB
+    that is not one of the compiled suites of ``dqnx.env_suites``)."""
+    return ":" in config.env_name and not env_suites.is_suite_env_name(config.env_name)
 
 
 def _option_value(text: str):
@@ -415,21 +429,34 @@ def validate(config: Config) -> Config:
     if uses_host_actors(config):
         _validate_host(config)
         return config
-    if config.env_options:
-        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    _check_env_name(config.env_name)
+    _check_env_name(config)
     choose_layout(config)
     spec = make_env(config).spec
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
     return config
 
 
-def _check_env_name(name: str) -> None:
-    """``envs.check_env_name`` in the command line's words (the flag named)."""
+def _check_env_name(config: Config) -> None:
+    """The compiled environment's name, options and masks in the command line's
+    words (the flag named)."""
+    name = config.env_name
+    suite = env_suites.is_suite_env_name(name)
+    if config.env_options and not suite:
+        raise ConfigError("--env_options applies to LIB:ID environments only")
+    if suite and config.normalize_obs:
+        raise ConfigError(f"--normalize_obs applies to gymnax environments, not {name}")
     try:
-        envs.check_env_name(name)
+        if suite:
+            env_suites.check_env_name(name, **host_env_options(config))
+        else:
+            envs.check_env_name(name)
     except ConfigError as e:
         raise ConfigError(f"--env_name={name}: {e}") from None
+    if suite and config.munchausen and make_env(config).legal is not None:
+        raise ConfigError(
+            f"--munchausen: {name} has a legal-action mask, which Munchausen targets "
+            "(a softmax over all actions) do not take"
+        )
 
 
 def _validate_sweep(config: Config) -> Config:
@@ -438,9 +465,7 @@ def _validate_sweep(config: Config) -> Config:
     from dqnx import sweep
 
     plan = sweep.plan(config)
-    if config.env_options:
-        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    _check_env_name(config.env_name)
+    _check_env_name(config)
     spec = make_env(config).spec
     for program in plan.programs:
         choose_layout(program.config.replace(num_seeds=len(program.runs)))

@@ -19,6 +19,8 @@ Randomness (noise of noisy heads, IQN's fractions) comes from the one ``key`` th
 learner passes per update; every forward pass gets its own split of it. The next
 action is always picked by ``networks.q_values`` (the online network with
 ``double_q``, else the target network); Munchausen targets have no argmax.
+A batch with ``next_legal`` (environments with a legal-action mask) restricts that
+pick to the next state's legal actions (``dqnx.legal``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnx import distributional, losses, munchausen, networks
+from dqnx import legal as legal_lib
 
 
 class Munchausen(NamedTuple):
@@ -112,13 +115,21 @@ def make_objective(
     elementwise = elementwise_loss(loss, huber_delta)
     m_kwargs = munchausen_params._asdict() if munchausen_params is not None else {}
 
-    def select(params, target_params, next_obs, key):
-        """Q-values [B, A] at s_t of the network that picks the next action."""
+    def _no_munchausen_mask(legal):
+        if munchausen_params is not None and legal is not None:
+            raise ValueError("Munchausen targets have no legal-action mask (softmax over all)")
+
+    def select(params, target_params, next_obs, key, next_legal=None):
+        """Q-values [B, A] at s_t of the network that picks the next action (illegal
+        actions at -inf where the batch has a legal-action mask)."""
         chooser = jax.lax.stop_gradient(params) if double_q else target_params
-        return networks.q_values(network, chooser, next_obs, key)
+        q_t = networks.q_values(network, chooser, next_obs, key)
+        return legal_lib.mask_or_keep(q_t, next_legal)
 
     def scalar(params, target_params, batch, discount_t, key) -> Terms:
         k_online, k_target, k_other = _splits(key, 3)
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
+        _no_munchausen_mask(legal)
         q_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A]
         q_t_value = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
         if munchausen_params is not None:  # the target network's policy at s_tm1 and s_t
@@ -128,10 +139,15 @@ def make_objective(
             td = jax.vmap(functools.partial(munchausen.munchausen_q_learning, **m_kwargs))(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_tm1_target
             )
-        elif double_q:
+        elif double_q or legal is not None:
             # A separate, gradient-free forward pass: concatenating s and s' into
-            # one pass would double the backward pass's work.
-            q_t_selector = select(params, target_params, batch.next_obs, k_other)
+            # one pass would double the backward pass's work. Vanilla DQN with a
+            # mask: the target network picks among the legal actions and evaluates.
+            q_t_selector = (
+                select(params, target_params, batch.next_obs, k_other, legal)
+                if double_q
+                else legal_lib.mask_values(q_t_value, legal)
+            )
             td = jax.vmap(losses.double_q_learning)(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_t_selector
             )
@@ -148,8 +164,13 @@ def make_objective(
         atoms = head.atoms
         logits_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A, K]
         logits_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
-        if double_q:
-            q_t_selector = select(params, target_params, batch.next_obs, k_select)  # [B, A]
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
+        if double_q or legal is not None:  # vanilla with a mask: the target net's values pick
+            q_t_selector = (
+                select(params, target_params, batch.next_obs, k_select, legal)
+                if double_q
+                else legal_lib.mask_values(head.to_q_values(logits_t), legal)
+            )  # [B, A]
             per_example = jax.vmap(
                 functools.partial(distributional.categorical_double_q_learning, atoms=atoms)
             )(logits_tm1, batch.action, batch.reward, discount_t, logits_t, q_t_selector)
@@ -165,8 +186,11 @@ def make_objective(
         dist_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, N, A]
         dist_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
         q_t_selector = dist_t  # QR-DQN's target network picks the next action
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
         if double_q:  # as a one-row distribution: its mean over quantiles is itself
-            q_t_selector = select(params, target_params, batch.next_obs, k_select)[:, None]
+            q_t_selector = select(params, target_params, batch.next_obs, k_select, legal)[:, None]
+        elif legal is not None:
+            q_t_selector = legal_lib.mask_values(head.to_q_values(dist_t), legal)[:, None]
         taus = distributional.quantile_midpoints(head.num_quantiles)
         per_example = jax.vmap(
             functools.partial(distributional.quantile_q_learning, huber_param=huber_delta),
@@ -178,6 +202,7 @@ def make_objective(
     def implicit_quantile(params, target_params, batch, discount_t, key) -> Terms:
         if key is None:
             raise ValueError("the IQN objective needs a key (fractions are sampled)")
+        _no_munchausen_mask(getattr(batch, "next_legal", None))
         k_tau, k_tau_t, k_online, k_target, k_q_t, k_q_tm1 = jax.random.split(key, 6)
         b = batch.action.shape[0]
         taus_tm1 = jax.random.uniform(k_tau, (b, num_tau_samples))  # [B, N]
@@ -189,7 +214,8 @@ def make_objective(
             network, target_params, batch.next_obs, taus=taus_t, noise_key=k_target
         )  # [B, N', A]
         if munchausen_params is None:
-            q_t_selector = select(params, target_params, batch.next_obs, k_q_t)[:, None]
+            legal = getattr(batch, "next_legal", None)  # [B, A] or None
+            q_t_selector = select(params, target_params, batch.next_obs, k_q_t, legal)[:, None]
             per_example = jax.vmap(
                 functools.partial(distributional.iqn_loss, huber_param=huber_delta)
             )(dist_tm1, taus_tm1, batch.action, batch.reward, discount_t, q_t_selector, dist_t)
