@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dqnx import legal as legal_lib
 from dqnx import networks, parallel
 from dqnx.envs import Env
 from dqnx.exploration import epsilon_greedy
@@ -47,9 +48,18 @@ def episode_stats(steps) -> EpisodeStats:
 
 
 def select_actions(
-    network: nn.Module, num_actions: int, params, obs, epsilon, key, *, deterministic=False
+    network: nn.Module,
+    num_actions: int,
+    params,
+    obs,
+    epsilon,
+    key,
+    *,
+    deterministic=False,
+    legal=None,
 ) -> jax.Array:
-    """Epsilon-greedy actions ``[N]`` for observations ``obs [N, ...]``.
+    """Epsilon-greedy actions ``[N]`` for observations ``obs [N, ...]``; with a
+    legal-action mask ``legal [N, A]`` every draw (random and greedy) is legal.
 
     ``params=None`` acts uniformly at random without evaluating the network;
     ``epsilon`` given as the Python number 0 takes the greedy actions without
@@ -59,14 +69,18 @@ def select_actions(
     ``deterministic`` makes noisy layers use their means (greedy evaluation).
     """
     if params is None:
+        if legal is not None:
+            return legal_lib.random_legal(key, legal)
         return jax.random.randint(key, (obs.shape[0],), 0, num_actions, jnp.int32)
     k_net = None
     if networks.head_of(network).needs_key(deterministic):
         key, k_net = jax.random.split(key)
     q = networks.q_values(network, params, obs, k_net, deterministic=deterministic)  # [N, A]
     if isinstance(epsilon, (int, float)) and epsilon == 0:
+        if legal is not None:
+            return legal_lib.masked_argmax(q, legal)
         return jnp.argmax(q, axis=-1).astype(jnp.int32)
-    return epsilon_greedy(key, q, epsilon)
+    return epsilon_greedy(key, q, epsilon, legal)
 
 
 def make_policy_step(env: Env, network: nn.Module, *, deterministic: bool = False):
@@ -75,15 +89,19 @@ def make_policy_step(env: Env, network: nn.Module, *, deterministic: bool = Fals
     ``policy_step(params, obs [N], env_state [N], epsilon, k_act, env_keys [N])
     -> (env_state, envs.Step [N], action [N])``: actions from ``select_actions``
     (``deterministic``: noisy layers use their means), then each environment
-    steps with its own key.
+    steps with its own key. An environment with a legal-action mask (``env.legal``)
+    gets legal actions only.
     """
     batch_step = jax.vmap(env.step)
+    batch_legal = jax.vmap(env.legal) if env.legal is not None else None
     num_actions = env.spec.num_actions
 
     def policy_step(params, obs, env_state, epsilon, k_act, env_keys):
+        legal = batch_legal(env_state) if batch_legal is not None else None
         action = select_actions(
-            network, num_actions, params, obs, epsilon, k_act, deterministic=deterministic
-        )
+            network, num_actions, params, obs, epsilon, k_act, deterministic=deterministic,
+            legal=legal,
+        )  # fmt: skip
         env_state, step = batch_step(env_keys, env_state, action)
         return env_state, step, action
 
@@ -122,8 +140,9 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
                 jax.random.split(k_env, num_envs),
             )
             out = RolloutStep(
-                carry.obs, action, step.reward, step.next_obs, step.terminated, step.truncated
-            )
+                carry.obs, action, step.reward, step.next_obs, step.terminated, step.truncated,
+                step.next_legal,
+            )  # fmt: skip
             return ActorState(step.obs, env_state, key), (out, episode_stats(step))
 
         state, (steps, stats) = jax.lax.scan(one_step, state, None, length=num_steps)
@@ -132,7 +151,7 @@ def make_actor(env: Env, network: nn.Module, num_envs: int, axis_name: str | Non
     def rollout(params, state: ActorState, epsilon, num_steps: int):
         state, steps, stats = scan_steps(params, state, epsilon, num_steps)
         transitions = Transition(steps.obs, steps.action, steps.reward, steps.next_obs,
-                                 steps.terminated)  # fmt: skip
+                                 steps.terminated, steps.next_legal)  # fmt: skip
         transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
         return state, transitions, stats
 

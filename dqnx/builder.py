@@ -16,7 +16,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dqnx import envs, exploration, learner, networks, objectives, parallel, prioritized, replay
+from dqnx import (
+    env_suites,
+    envs,
+    exploration,
+    learner,
+    networks,
+    objectives,
+    parallel,
+    prioritized,
+    replay,
+)
 from dqnx.config import Config
 from dqnx.errors import ConfigError
 
@@ -56,7 +66,10 @@ def make_schedules(config: Config) -> Schedules:
 
 
 def make_env(config: Config) -> envs.Env:
-    """The compiled (gymnax) environment ``config.env_name`` names."""
+    """The compiled environment ``config.env_name`` names: a gymnax id, or a suite's
+    ``LIB:ID`` (``dqnx.env_suites``) with ``--env_options``."""
+    if env_suites.is_suite_env_name(config.env_name):
+        return env_suites.make(config.env_name, **host_env_options(config))
     return envs.make(config.env_name, normalize_obs=config.normalize_obs)
 
 
@@ -178,8 +191,9 @@ def choose_layout(config: Config) -> parallel.Layout:
 
 
 def uses_host_actors(config: Config) -> bool:
-    """True when ``config.env_name`` names a host environment (``LIB:ID``)."""
-    return ":" in config.env_name
+    """True when ``config.env_name`` names a host environment (``LIB:ID``, a LIB
+    that is not one of the compiled suites of ``dqnx.env_suites``)."""
+    return ":" in config.env_name and not env_suites.is_suite_env_name(config.env_name)
 
 
 def _option_value(text: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dqnx import builder, envs
+from dqnx import builder, env_suites, envs
 from dqnx.config import Config
 from dqnx.errors import ConfigError
 
@@ -175,21 +175,34 @@ def validate(config: Config) -> Config:
     if builder.uses_host_actors(config):
         _validate_host(config)
         return config
-    if config.env_options:
-        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    _check_env_name(config.env_name)
+    _check_env_name(config)
     builder.choose_layout(config)
     spec = builder.make_env(config).spec
     check_replay_fits(config, spec.obs_shape, spec.obs_dtype)
     return config
 
 
-def _check_env_name(name: str) -> None:
-    """``envs.check_env_name`` in the command line's words (the flag named)."""
+def _check_env_name(config: Config) -> None:
+    """The compiled environment's name, options and masks in the command line's
+    words (the flag named)."""
+    name = config.env_name
+    suite = env_suites.is_suite_env_name(name)
+    if config.env_options and not suite:
+        raise ConfigError("--env_options applies to LIB:ID environments only")
+    if suite and config.normalize_obs:
+        raise ConfigError(f"--normalize_obs applies to gymnax environments, not {name}")
     try:
-        envs.check_env_name(name)
+        if suite:
+            env_suites.check_env_name(name, **builder.host_env_options(config))
+        else:
+            envs.check_env_name(name)
     except ConfigError as e:
         raise ConfigError(f"--env_name={name}: {e}") from None
+    if suite and config.munchausen and builder.make_env(config).legal is not None:
+        raise ConfigError(
+            f"--munchausen: {name} has a legal-action mask, which Munchausen targets "
+            "(a softmax over all actions) do not take"
+        )
 
 
 def _validate_sweep(config: Config) -> Config:
@@ -198,9 +211,7 @@ def _validate_sweep(config: Config) -> Config:
     from dqnx import sweep
 
     plan = sweep.plan(config)
-    if config.env_options:
-        raise ConfigError("--env_options applies to host environments (LIB:ID names) only")
-    _check_env_name(config.env_name)
+    _check_env_name(config)
     spec = builder.make_env(config).spec
     for program in plan.programs:
         builder.choose_layout(program.config.replace(num_seeds=len(program.runs)))

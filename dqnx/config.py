@@ -31,12 +31,15 @@ class Config:
     """Hyperparameters of one (possibly multi-seed) DQN run.
 
     Attributes:
-      env_name: a gymnax environment id with a discrete action space (the
-        compiled mode), or a host environment ``LIB:ID`` (``gymnasium:CartPole-v1``,
-        ``minatar:breakout``, ``ale:pong``), which trains with host actors.
-      env_options: host environments only: ``KEY=VALUE`` options of the
+      env_name: a gymnax environment id with a discrete action space or a JAX
+        suite's ``LIB:ID`` (``craftax:``, ``navix:``, ``jumanji:``, ``pgx:``; see
+        ``dqnx.env_suites``), which train in the compiled mode, or a host
+        environment ``LIB:ID`` (``gymnasium:CartPole-v1``, ``minatar:breakout``,
+        ``ale:pong``), which trains with host actors.
+      env_options: ``LIB:ID`` environments only: ``KEY=VALUE`` options of the
         environment (e.g. ``sticky_action_prob=0.0``, ``max_episode_steps=1000``,
-        ``protocol=nature``).
+        ``protocol=nature``; ``obs_keys=grid`` for Jumanji, ``max_steps=100`` for
+        Navix).
       normalize_obs: compiled (gymnax) environments with vector observations:
         map each observation component with finite bounds in the env's
         observation space linearly onto [-1, 1] (MountainCar: position in

@@ -92,6 +92,8 @@ class Step(NamedTuple):
     truncated: jax.Array  # [] bool: cut by the time limit, bootstrap from next_obs
     episode_return: jax.Array  # [] float32: return of the episode ended here (if done)
     episode_length: jax.Array  # [] int32: its length (if done)
+    # bool [A]: the legal actions at next_obs (envs with a legal-action mask only)
+    next_legal: Any = None
 
     @property
     def done(self) -> jax.Array:
@@ -100,11 +102,14 @@ class Step(NamedTuple):
 
 class Env(NamedTuple):
     """A pure environment: ``reset(key) -> (obs, state)``,
-    ``step(key, state, action) -> (state, Step)``."""
+    ``step(key, state, action) -> (state, Step)``; an environment with a
+    legal-action mask also has ``legal(state) -> bool [A]``, the actions legal
+    where ``state`` stands (None for the others)."""
 
     spec: EnvSpec
     reset: Callable[[jax.Array], tuple[jax.Array, EnvState]]
     step: Callable[[jax.Array, EnvState, jax.Array], tuple[EnvState, Step]]
+    legal: Callable[[EnvState], jax.Array] | None = None
 
 
 def discrete_env_names() -> list[str]:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dqnx import legal as legal_lib
+
 
 def linear_schedule(start: float, end: float, decay_steps: int):
     """epsilon(t) = start + (end - start) * min(t / decay_steps, 1).
@@ -52,22 +54,28 @@ def linear_value(step, start, delta, decay_steps=None, *, inv_decay_steps=None):
     return jnp.asarray(start + delta * jnp.minimum(frac, jnp.float32(1)), jnp.float32)
 
 
-def epsilon_greedy(key, q_values, epsilon):
-    """Greedy action with probability 1 - epsilon, else uniform over all actions.
+def epsilon_greedy(key, q_values, epsilon, legal=None):
+    """Greedy action with probability 1 - epsilon, else uniform over all actions
+    (over the legal actions with ``legal``, the greedy one too).
 
     Args:
       key: PRNG key.
       q_values: [..., A] Q-values.
       epsilon: scalar or array broadcastable to q_values.shape[:-1]
         (per-actor epsilons).
+      legal: optional bool [..., A] mask of the legal actions (``dqnx.legal``).
 
     Returns:
       int32 actions of shape q_values.shape[:-1].
     """
     batch_shape = q_values.shape[:-1]
     k_explore, k_action = jax.random.split(key)
-    greedy = jnp.argmax(q_values, axis=-1).astype(jnp.int32)
-    random = jax.random.randint(k_action, batch_shape, 0, q_values.shape[-1], jnp.int32)
+    if legal is None:
+        greedy = jnp.argmax(q_values, axis=-1).astype(jnp.int32)
+        random = jax.random.randint(k_action, batch_shape, 0, q_values.shape[-1], jnp.int32)
+    else:
+        greedy = legal_lib.masked_argmax(q_values, legal)
+        random = legal_lib.random_legal(k_action, legal)
     explore = jax.random.uniform(k_explore, batch_shape) < epsilon
     return jnp.where(explore, random, greedy)
 

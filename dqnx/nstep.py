@@ -30,7 +30,7 @@ the counter shared).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,7 @@ class RolloutStep(NamedTuple):
     next_obs: jax.Array  # true observation reached, also at an episode end
     terminated: jax.Array  # bool: terminal state, no bootstrap
     truncated: jax.Array  # bool: time limit, bootstrap from next_obs
+    next_legal: Any = None  # bool [A]: legal actions at next_obs (masked envs only)
 
 
 class NStepTransition(NamedTuple):
@@ -60,6 +61,7 @@ class NStepTransition(NamedTuple):
     next_obs: jax.Array  # observation to bootstrap from
     terminated: jax.Array  # bool: the window ended in a terminal state
     discount: jax.Array  # float32: gamma^k * (1 - terminated)
+    next_legal: Any = None  # bool [A]: legal actions at next_obs (masked envs only)
 
 
 class NStepState(NamedTuple):
@@ -101,10 +103,14 @@ def nstep_transitions(steps: RolloutStep, n: int, gamma) -> NStepTransition:
     reward = jnp.zeros(alive.shape, jnp.float32)
     discount = jnp.ones(alive.shape, jnp.float32)  # gamma^(steps summed so far)
     next_obs, terminated = at(steps.next_obs, 0), at(steps.terminated, 0)
+    masked = steps.next_legal is not None
+    next_legal = at(steps.next_legal, 0) if masked else None
     for j in range(n):
         reward = reward + jnp.where(alive, discount * at(steps.reward, j), 0.0)
         discount = jnp.where(alive, discount * gamma, discount)
         next_obs = _select(alive, at(steps.next_obs, j), next_obs)
+        if masked:  # the mask of the observation bootstrapped from
+            next_legal = _select(alive, at(steps.next_legal, j), next_legal)
         terminated = jnp.where(alive, at(steps.terminated, j), terminated)
         alive = alive & ~(at(steps.terminated, j) | at(steps.truncated, j))
     return NStepTransition(
@@ -114,6 +120,7 @@ def nstep_transitions(steps: RolloutStep, n: int, gamma) -> NStepTransition:
         next_obs=next_obs,
         terminated=terminated,
         discount=discount * (1.0 - terminated.astype(jnp.float32)),
+        next_legal=next_legal,
     )
 
 

@@ -31,6 +31,8 @@ Randomness (noise of noisy heads, IQN's fractions) comes from the one ``key`` th
 learner passes per update; every forward pass gets its own split of it. The next
 action is always picked by ``networks.q_values`` (the online network with
 ``double_q``, else the target network); Munchausen targets have no argmax.
+A batch with ``next_legal`` (environments with a legal-action mask) restricts that
+pick to the next state's legal actions (``dqnx.legal``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnx import defaults, distributional, losses, networks
+from dqnx import legal as legal_lib
 from dqnx import munchausen as m_lib
 from dqnx.defaults import Munchausen
 
@@ -111,11 +114,18 @@ def _splits(key, n: int) -> list:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-def _select(network, params, target_params, next_obs, key, double_q):
+def _select(network, params, target_params, next_obs, key, double_q, next_legal=None):
     """Q-values [B, A] at s_t of the network that picks the next action: the
-    online one (gradient-free) with ``double_q``, else the target one."""
+    online one (gradient-free) with ``double_q``, else the target one; illegal
+    actions at -inf where the batch has a legal-action mask."""
     chooser = jax.lax.stop_gradient(params) if double_q else target_params
-    return networks.q_values(network, chooser, next_obs, key)
+    q_t = networks.q_values(network, chooser, next_obs, key)
+    return legal_lib.mask_or_keep(q_t, next_legal)
+
+
+def _no_munchausen_mask(munchausen, legal) -> None:
+    if munchausen is not None and legal is not None:
+        raise ValueError("Munchausen targets have no legal-action mask (softmax over all)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +151,8 @@ class DQN:
 
     def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         k_online, k_target, k_other = _splits(key, 3)
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
+        _no_munchausen_mask(self.munchausen, legal)
         q_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A]
         q_t_value = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
         if self.munchausen is not None:  # the target network's policy at s_tm1 and s_t
@@ -150,11 +162,14 @@ class DQN:
             td = jax.vmap(
                 functools.partial(m_lib.munchausen_q_learning, **self.munchausen._asdict())
             )(q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_tm1_target)
-        elif self.double_q:
+        elif self.double_q or legal is not None:
             # A separate, gradient-free forward pass: concatenating s and s' into
-            # one pass would double the backward pass's work.
-            q_t_selector = _select(
-                network, params, target_params, batch.next_obs, k_other, self.double_q
+            # one pass would double the backward pass's work. Vanilla DQN with a
+            # mask: the target network picks among the legal actions and evaluates.
+            q_t_selector = (
+                _select(network, params, target_params, batch.next_obs, k_other, True, legal)
+                if self.double_q
+                else legal_lib.mask_values(q_t_value, legal)
             )
             td = jax.vmap(losses.double_q_learning)(
                 q_tm1, batch.action, batch.reward, discount_t, q_t_value, q_t_selector
@@ -187,8 +202,13 @@ class C51:
         atoms = head.atoms
         logits_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, A, K]
         logits_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
-        if self.double_q:
-            q_t_selector = _select(network, params, target_params, batch.next_obs, k_select, True)
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
+        if self.double_q or legal is not None:  # vanilla with a mask: the target net's values
+            q_t_selector = (
+                _select(network, params, target_params, batch.next_obs, k_select, True, legal)
+                if self.double_q
+                else legal_lib.mask_values(head.to_q_values(logits_t), legal)
+            )  # [B, A]
             per_example = jax.vmap(
                 functools.partial(distributional.categorical_double_q_learning, atoms=atoms)
             )(logits_tm1, batch.action, batch.reward, discount_t, logits_t, q_t_selector)
@@ -221,10 +241,13 @@ class QR:
         dist_tm1 = networks.forward(network, params, batch.obs, noise_key=k_online)  # [B, N, A]
         dist_t = networks.forward(network, target_params, batch.next_obs, noise_key=k_target)
         q_t_selector = dist_t  # QR-DQN's target network picks the next action
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
         if self.double_q:  # as a one-row distribution: its mean over quantiles is itself
-            q_t_selector = _select(network, params, target_params, batch.next_obs, k_select, True)[
-                :, None
-            ]
+            q_t_selector = _select(
+                network, params, target_params, batch.next_obs, k_select, True, legal
+            )[:, None]
+        elif legal is not None:
+            q_t_selector = legal_lib.mask_values(head.to_q_values(dist_t), legal)[:, None]
         taus = distributional.quantile_midpoints(head.num_quantiles)
         per_example = jax.vmap(
             functools.partial(distributional.quantile_q_learning, huber_param=self.kappa),
@@ -259,6 +282,8 @@ class IQN:
     def __call__(self, network, params, target_params, batch, discount_t, key) -> Terms:
         if key is None:
             raise ValueError("the IQN objective needs a key (fractions are sampled)")
+        legal = getattr(batch, "next_legal", None)  # [B, A] or None
+        _no_munchausen_mask(self.munchausen, legal)
         head = networks.head_of(network)
         k_tau, k_tau_t, k_online, k_target, k_q_t, k_q_tm1 = jax.random.split(key, 6)
         b = batch.action.shape[0]
@@ -272,7 +297,7 @@ class IQN:
         )  # [B, N', A]
         if self.munchausen is None:
             q_t_selector = _select(
-                network, params, target_params, batch.next_obs, k_q_t, self.double_q
+                network, params, target_params, batch.next_obs, k_q_t, self.double_q, legal
             )[:, None]
             per_example = jax.vmap(
                 functools.partial(distributional.iqn_loss, huber_param=self.kappa)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dqnx import env_suites
 from dqnx.config import Config
 from dqnx.errors import ConfigError, suggest
 
@@ -278,8 +279,11 @@ def plan(config: Config) -> Plan:
         values fail ``Config.check_fields`` (one line naming it); a sweep of a host
         environment.
     """
-    if ":" in config.env_name:
-        raise ConfigError("--sweep trains in the compiled mode: a gymnax environment, not LIB:ID")
+    if ":" in config.env_name and not env_suites.is_suite_env_name(config.env_name):
+        raise ConfigError(
+            "--sweep trains in the compiled mode: a gymnax or compiled suite environment "
+            f"(craftax:, navix:, jumanji:, pgx:), not {config.env_name}"
+        )
     if config.sweep_random and not config.sweep:
         raise ConfigError("--sweep_random=N draws from --sweep ranges or lists: give --sweep")
     specs = parse(config.sweep)

@@ -12,7 +12,8 @@ class Transition(NamedTuple):
 
     ``next_obs`` is the true observation the action led to, also at an episode
     end; ``terminated`` is True only for terminal states (no bootstrap), never
-    for time-limit truncations.
+    for time-limit truncations. ``next_legal``, where the environment has a
+    legal-action mask, restricts the target's max / argmax to the legal actions.
     """
 
     obs: jax.Array
@@ -20,6 +21,9 @@ class Transition(NamedTuple):
     reward: jax.Array  # float32
     next_obs: jax.Array
     terminated: jax.Array  # bool
+    # bool [A]: legal actions at next_obs; only for envs with a legal-action mask
+    # (None otherwise: no replay memory, no work)
+    next_legal: Any = None
 
 
 class LearnerState(NamedTuple):

@@ -33,7 +33,7 @@ END = [False, True, False, False, False]
 
 
 def squeeze(t: nstep.NStepTransition):
-    return {k: np.asarray(v).reshape(len(v)) for k, v in t._asdict().items()}
+    return {k: np.asarray(v).reshape(len(v)) for k, v in t._asdict().items() if v is not None}
 
 
 def test_n1_is_one_step():

@@ -155,16 +155,19 @@ def _make_init(p: _Parts):
         learner_state = p.learner.init(k_net, p.example_obs)
         obs0, act0 = p.example_obs[0], jnp.int32(0)
         r0, f0 = jnp.float32(0), jnp.bool_(False)
+        # Only an env with a legal-action mask stores one (the next state's).
+        legal0 = jnp.ones(p.env.spec.num_actions, bool) if p.env.legal is not None else None
         if n_step > 1:
-            item = nstep_lib.NStepTransition(obs0, act0, r0, obs0, f0, jnp.float32(0))
+            item = nstep_lib.NStepTransition(obs0, act0, r0, obs0, f0, jnp.float32(0), legal0)
             n = p.local_envs
             example = nstep_lib.RolloutStep(
                 actor_state.obs, jnp.zeros(n, jnp.int32), jnp.zeros(n),
                 actor_state.obs, jnp.zeros(n, bool), jnp.zeros(n, bool),
+                None if legal0 is None else jnp.ones((n, *legal0.shape), bool),
             )  # fmt: skip
             nstep_state = nstep_lib.init_nstep_state(example, n_step)
         else:
-            item = Transition(obs0, act0, r0, obs0, f0)
+            item = Transition(obs0, act0, r0, obs0, f0, legal0)
             nstep_state = None
         actor_params = learner_state.params if config.actor_sync_period > 1 else None
         return actor_state, learner_state, p.buffer.init(item), k_train, nstep_state, actor_params
