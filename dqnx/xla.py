@@ -1,7 +1,7 @@
 """How dqnx asks XLA to compile on CPU, and parallel ahead-of-time compiles.
 
-Two CPU-only settings (their measured effect is in the README's Performance
-section, from ``scripts/bench.py``):
+Two CPU-only settings (their measured effect is in docs/performance.md,
+from ``scripts/bench.py``):
 
 * **Threefry unrolled.** On CPU, JAX lowers every random-bits call to a
   5-trip ``while`` loop, each trip a separate kernel launch on XLA's CPU
@@ -16,7 +16,7 @@ section, from ``scripts/bench.py``):
   (jaxlib 0.10) hands reductions to YNNPACK library fusions by default. The
   quantile Huber loss reduces [N, N'] pairwise terms per example; at batch 64 and
   200 quantiles its value and gradient took ~45 ms in those fusions and ~6 ms in
-  XLA's own loops (README Performance). Their hot programs compile with
+  XLA's own loops (docs/performance.md). Their hot programs compile with
   ``QUANTILE_OPTIONS``, which keeps YNNPACK for matmuls and convolutions only.
   Other learners keep XLA's defaults (there the choice measured the same speed,
   and their numbers stay as they were).

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import typing
@@ -161,7 +162,11 @@ def api_pages() -> dict[str, str]:
                 "      show_submodules: false",
                 "      members: false",
                 "",
+                "## dqnx.config",
+                "",
                 "::: dqnx.config",
+                "",
+                "## dqnx.errors",
                 "",
                 "::: dqnx.errors",
                 "",
@@ -322,7 +327,6 @@ def block_fleet_cartpole() -> str:
 
 BLOCKS = {
     "headline": block_headline,
-    "headline-docs": lambda: block_headline(page=""),
     "fresh-seeds": block_fresh_seeds,
     "minatar": block_minatar,
     "minatar-vs-ppo": block_minatar_vs_ppo,
@@ -347,22 +351,30 @@ def expected_files() -> dict[Path, str]:
     """Every generated file or file with generated blocks -> its current text."""
     out = {ROOT / "docs" / "reference" / "flags.md": flags_page()}
     out.update({ROOT / "docs" / path: text for path, text in api_pages().items()})
-    cache: dict[str, str] = {}
+    cache: dict[tuple[str, str], str] = {}
 
-    def block(m):
-        name = m.group("name")
-        if name not in BLOCKS:
-            raise KeyError(f"unknown generated block {name!r}")
-        if name not in cache:
-            cache[name] = BLOCKS[name]()
-        return cache[name]
+    def filler(path: Path):
+        # The headline table links the results pages, relative to the page it is on.
+        pages = os.path.relpath(ROOT / "docs" / "results", path.parent)
+        pages = "" if pages == "." else pages + "/"
+
+        def block(m):
+            name = m.group("name")
+            if name not in BLOCKS:
+                raise KeyError(f"{path}: unknown generated block {name!r}")
+            key = (name, pages if name == "headline" else "")
+            if key not in cache:
+                cache[key] = block_headline(pages) if name == "headline" else BLOCKS[name]()
+            return cache[key]
+
+        return block
 
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         if path in out or not path.is_file():
             continue
         text = path.read_text()
         if BLOCK.search(text):
-            out[path] = _fill(text, BLOCK, block)
+            out[path] = _fill(text, BLOCK, filler(path))
     mkdocs = ROOT / "mkdocs.yml"
     out[mkdocs] = _fill(mkdocs.read_text(), NAV, lambda m: api_nav())
     return out

@@ -25,3 +25,38 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def pytest_sessionfinish(session):
     if _OWNED:  # only the process that made it: the controller, after its workers
         shutil.rmtree(_OWNED, ignore_errors=True)
+
+
+# The slow tier: `pytest -m "not slow"` leaves these out (the edit-test loop; see the
+# Development page of the docs). Whole files, or `file::test-name-prefix`. Listed here,
+# not as decorators in each file, so the list is one place to read and to tune.
+SLOW = (
+    "test_ray_fleet.py",  # Ray clusters on 127.0.0.1, actor processes killed
+    "test_host_multiprocess.py",  # several jax.distributed processes
+    "test_host_determinism.py",  # whole host runs twice, with injected delays
+    "test_device_check.py",  # the prepared device check at smoke sizes
+    "test_bench.py",
+    "test_bench_prioritized.py",
+    "test_parallel.py::test_two_processes",
+    "test_parallel.py::test_a_sweep_spreads",
+    "test_checkpoint.py::test_signal_saves_then_exits",
+    "test_checkpoint.py::test_kill_9",
+    "test_train.py::test_cartpole_learns",
+    "test_train.py::test_cli_end_to_end",
+    "test_host_actors.py::test_host_mode_resumes_after_kill",
+    "test_host_actors.py::test_atari_frame_replay_run",
+    "test_launch.py::test_spot_run",
+    "test_launch.py::test_gpu_run_trains",
+    "test_launch.py::test_run_without_spot",
+    "test_sweep.py::test_priority_exponent_munchausen_tau_and_kappa_trace",
+    "test_docs.py::test_custom_network_example",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        name = f"{item.path.name}::{item.name}"
+        if any(name.startswith(s if "::" in s else s + "::") for s in SLOW):
+            item.add_marker(pytest.mark.slow)

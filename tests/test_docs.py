@@ -80,3 +80,12 @@ def test_readme_example_is_the_example_file():
     m = re.search(r"<!-- example: (\S+) -->\n```python\n(.*?)```", readme, re.S)
     assert m, "README lost its library example"
     assert m.group(2) == (ROOT / m.group(1)).read_text()
+
+
+def test_readme_links_point_at_files():
+    """README's relative links (into docs/) name files that exist."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", readme)
+    assert links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
