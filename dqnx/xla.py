@@ -141,8 +141,12 @@ EXECUTABLE_CACHE_SIZE = 32
 
 
 def _executable_key(lowered, options: dict | None):
-    """What an executable depends on: the program's text, the compile options and
-    the devices of its inputs and outputs (in order). None, so never reused: a
+    """What an executable depends on: the program's text, the compile options, the
+    devices of its inputs and outputs (in order) and the pytree structures it is
+    called with and returns (two programs can have one text for arguments of
+    different structure: inputs the program does not use are left out of its text,
+    as an optimizer state of another shape is from ``evaluate``). None, so never
+    reused: a
     program that calls back into Python (its text names callbacks by index, not by
     identity), one with an input or output whose devices JAX chooses at compile
     time (no sharding given), or one this JAX cannot describe."""
@@ -167,10 +171,11 @@ def _executable_key(lowered, options: dict | None):
         if not any(placement):
             return None
         text = lowered.as_text()
+        trees = (str(lowered.in_tree), str(lowered.out_tree))
     except Exception:  # a JAX whose Lowered has other internals: no reuse
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return digest, tuple(sorted((options or {}).items())), tuple(placement)
+    return digest, tuple(sorted((options or {}).items())), tuple(placement), trees
 
 
 def compile(lowered, options: dict | None = None):
