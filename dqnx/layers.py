@@ -17,7 +17,7 @@ with its output gradient cast to the compute dtype, so the backward matmuls run
 in it too; ``Dense`` and the bfloat16 ``PatchConv`` return their kernel gradient
 in float32 (accumulated in float32, never rounded to bfloat16).
 
-Measured effects are in the README's Performance section (``scripts/bench.py``).
+Measured effects are in docs/performance.md (``scripts/bench.py``).
 """
 
 from __future__ import annotations

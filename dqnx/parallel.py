@@ -83,7 +83,7 @@ def choose_layout(
     without ``platforms.PlatformChoices.split_seed_data`` (CPU) it only
     spreads seeds (as many devices as divide ``num_seeds``) and never splits a
     seed's data: between XLA CPU devices a gradient all-reduce costs more than
-    half a DQN batch saves (README, Performance). On accelerators, devices left
+    half a DQN batch saves (docs/performance.md). On accelerators, devices left
     after the seeds split each seed's data, as far as the sizes divide. An
     explicit ``num_devices`` is always honoured or refused.
 

@@ -1,6 +1,6 @@
 """Every choice dqnx makes from the platform it runs on, in one place.
 
-Several of dqnx's speed-ups were found (and measured, README Performance) on a
+Several of dqnx's speed-ups were found (and measured, docs/performance.md) on a
 2-core CPU and are CPU-specific; on a GPU or TPU they would cost instead of
 help, or do nothing. Each is a field of ``PlatformChoices``, and every site
 that makes one of these choices asks ``choices_for(platform)`` (``current()``

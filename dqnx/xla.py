@@ -1,7 +1,7 @@
 """How dqnx asks XLA to compile on CPU, and parallel ahead-of-time compiles.
 
-Two CPU-only settings (their measured effect is in the README's Performance
-section, from ``scripts/bench.py``):
+Two CPU-only settings (their measured effect is in docs/performance.md,
+from ``scripts/bench.py``):
 
 * **Threefry unrolled.** On CPU, JAX lowers every random-bits call to a
   5-trip ``while`` loop, each trip a separate kernel launch on XLA's CPU
@@ -16,7 +16,7 @@ section, from ``scripts/bench.py``):
   (jaxlib 0.10) hands reductions to YNNPACK library fusions by default. The
   quantile Huber loss reduces [N, N'] pairwise terms per example; at batch 64 and
   200 quantiles its value and gradient took ~45 ms in those fusions and ~6 ms in
-  XLA's own loops (README Performance). Their hot programs compile with
+  XLA's own loops (docs/performance.md). Their hot programs compile with
   ``QUANTILE_OPTIONS``, which keeps YNNPACK for matmuls and convolutions only.
   Other learners keep XLA's defaults (there the choice measured the same speed,
   and their numbers stay as they were).
@@ -141,8 +141,12 @@ EXECUTABLE_CACHE_SIZE = 32
 
 
 def _executable_key(lowered, options: dict | None):
-    """What an executable depends on: the program's text, the compile options and
-    the devices of its inputs and outputs (in order). None, so never reused: a
+    """What an executable depends on: the program's text, the compile options, the
+    devices of its inputs and outputs (in order) and the pytree structures it is
+    called with and returns (two programs can have one text for arguments of
+    different structure: inputs the program does not use are left out of its text,
+    as an optimizer state of another shape is from ``evaluate``). None, so never
+    reused: a
     program that calls back into Python (its text names callbacks by index, not by
     identity), one with an input or output whose devices JAX chooses at compile
     time (no sharding given), or one this JAX cannot describe."""
@@ -167,10 +171,11 @@ def _executable_key(lowered, options: dict | None):
         if not any(placement):
             return None
         text = lowered.as_text()
+        trees = (str(lowered.in_tree), str(lowered.out_tree))
     except Exception:  # a JAX whose Lowered has other internals: no reuse
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return digest, tuple(sorted((options or {}).items())), tuple(placement)
+    return digest, tuple(sorted((options or {}).items())), tuple(placement), trees
 
 
 def compile(lowered, options: dict | None = None):

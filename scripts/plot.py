@@ -225,7 +225,7 @@ def plot_curves(curves: list[Curve], out: Path, *, metric: str, title: str = "")
 
 # ---- sweeps -------------------------------------------------------------------
 
-_RUN_KEYS = ("run", "seed", "eval_return", "params_digest")
+_RUN_KEYS = ("run", "seed", "eval_return", "params_digest", "command")
 MAX_LINES = 6
 
 

@@ -244,7 +244,7 @@ def test_each_run_carries_the_command_that_reproduces_its_bits(swept, tmp_path):
     command = entry["command"]
     assert command.startswith("python experiments/run.py ")
     for flag in ("--seed=1", "--num_seeds=2", "--num_devices=2", "--seed_group_size=1",
-                 "--learning_rate=0.0003", "--gamma=0.97", "--tau=0.1"):  # fmt: skip
+                 "--gamma=0.97", "--tau=0.1", "--epsilon_end=0.2"):  # fmt: skip
         assert f" {flag}" in command, flag
     assert "--sweep" not in command
     r = subprocess.run(

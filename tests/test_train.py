@@ -243,19 +243,6 @@ def test_help_lists_the_flags(tmp_path):
         assert flag in r.stdout
 
 
-@pytest.mark.parametrize("marker", ["library-example", "blocks-example"])
-def test_readme_library_examples(marker):
-    text = (ROOT / "README.md").read_text()
-    m = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
-    assert m, f"README lost its {marker}"
-    namespace = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    assert np.isfinite(np.asarray(namespace["returns"])).all()
-    if marker == "blocks-example":  # the hand-written loop learned something
-        assert np.isfinite(np.asarray(namespace["losses"])).all()
-        assert float(np.mean(namespace["returns"])) > 100
-
-
 def test_apex_rainbow_options_compose():
     """n-step + prioritized + dueling + Ape-X epsilons + actor sync in one program."""
     config = TINY.replace(

@@ -108,6 +108,28 @@ def test_a_program_compiled_before_is_reused_for_the_same_devices_and_options():
     assert xla.compile(lowered(d0)) is not a
 
 
+def test_one_text_for_arguments_of_another_structure_is_compiled_again():
+    """An input the program does not use is left out of its text: the same text can
+    come with arguments of another pytree structure, whose executable differs."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    d0 = jax.devices()[0]
+    sharding = NamedSharding(Mesh(np.array([d0]), ("x",)), P())
+    x = jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sharding)
+
+    def lowered(unused):
+        return jax.jit(lambda s: s[0] * 2.0, out_shardings=sharding).lower((x, unused))
+
+    as_tuple, as_list = lowered((x,)), lowered([x])
+    assert as_tuple.as_text() == as_list.as_text()
+    xla.clear_executables()
+    assert xla.compile(as_tuple) is not xla.compile(as_list)
+    v = jax.device_put(jnp.arange(4.0), d0)
+    np.testing.assert_array_equal(xla.compile(as_list)((v, [v])), 2 * np.arange(4.0))
+    xla.clear_executables()
+
+
 def test_a_program_that_calls_back_into_python_is_never_reused():
     from jax.sharding import SingleDeviceSharding
 

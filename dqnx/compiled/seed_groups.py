@@ -2,8 +2,8 @@
 
 On CPU a device is one core; small groups keep a group's replay and parameters
 in cache, and a learner vmapped over many seeds can run slower per seed than
-one seed's learner. Which group size is fastest is measured in the README's
-Performance section (``scripts/bench.py --seed_group_size``).
+one seed's learner. Which group size is fastest is measured in docs/performance.md
+(``scripts/bench.py --seed_group_size``).
 """
 
 from __future__ import annotations
