@@ -77,9 +77,10 @@ class Config:
         for other [H, W, C] inputs, else the MLP).
       hidden_sizes: MLP hidden layer sizes (the CNN's dense layers).
       dueling: dueling value/advantage head (Wang et al., 2016).
-      conv_impl: the MinAtar CNN's convolution: "patches" (one matmul over im2col
-        patches, fastest on XLA:CPU), "xla" (flax's nn.Conv) or "auto" (patches on
-        CPU, xla on GPU/TPU: ``dqnx.platforms``). Same parameters either way.
+      conv_impl: the MinAtar and Nature CNNs' convolutions: "patches" (one matmul
+        over im2col patches), "xla" (flax's nn.Conv) or "auto" (``dqnx.platforms``:
+        MinAtar patches on CPU, xla on GPU/TPU; Nature xla, which measured no
+        slower on XLA:CPU). Same parameters either way.
       compute_dtype: "float32" or "bfloat16": the networks' matmuls and
         convolutions in that dtype (float32 accumulation); parameters, optimizer
         state, loss and Q-values stay float32, replay keeps the observation dtype.

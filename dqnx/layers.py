@@ -2,7 +2,7 @@
 and the compute dtype of every layer of dqnx's networks.
 
 - ``Dense``: ``nn.Dense`` whose kernel gradient comes out in the kernel's layout;
-- ``PatchConv``: a VALID stride-1 ``nn.Conv`` as one matmul over im2col patches;
+- ``PatchConv``: a VALID (strided) ``nn.Conv`` as one matmul over im2col patches;
 - ``pixels_nhwc``: channel-first pixel stacks to float32 ``[B, H, W, C]`` in [0, 1];
 - ``compute_kwargs``: what makes a flax ``nn.Dense``/``nn.Conv`` compute in a
   lower precision the way ``Dense`` and ``PatchConv`` do.
@@ -117,34 +117,40 @@ class Dense(nn.Dense):
 
 
 class PatchConv(nn.Module):
-    """A VALID, stride-1 2-D convolution computed as one matmul over im2col
-    patches: the maths and parameters of ``nn.Conv(features, kernel_size,
+    """A VALID 2-D convolution computed as one matmul over im2col patches: the
+    maths and parameters of ``nn.Conv(features, kernel_size, strides,
     padding="VALID")``.
 
     Parameters as ``nn.Conv``'s, created in the same order with the same
     initializers: ``kernel`` [kh, kw, C, features] (lecun_normal) and ``bias``
     [features] (zeros); under the same module name, the same RNG gives the same
     values and checkpoints are interchangeable. Input [B, H, W, C] of any dtype
-    (promoted with the kernel, float32 for bool observations, as ``nn.Conv``
-    does); output [B, H - kh + 1, W - kw + 1, features].
+    (promoted with the kernel, float32 for bool or uint8 observations, as
+    ``nn.Conv`` does; ``input_divisor`` divides the promoted patches, so a uint8
+    image with 255 is ``pixels_nhwc``'s [0, 1] image, exactly); output
+    [B, (H - kh) // sh + 1, (W - kw) // sw + 1, features].
 
     Why: XLA:CPU's convolution is slow for the MinAtar layer (3x3, 4 -> 16
     channels on a 10x10 image): slower still inside a ``lax.scan`` (the
     training loop) and under ``vmap`` over seeds, where per-seed kernels make
     it a grouped convolution. On a 2-core CPU this formulation made a
-    Breakout-MinAtar learner update ~3x faster (1 and 8 seeds).
+    Breakout-MinAtar learner update ~3x faster (1 and 8 seeds); the Nature
+    CNN's strided layers gain too (README Performance, ``scripts/bench.py``).
 
-    Here the patches are built from shifted slices, concatenated along
-    channels in the order of
-    ``kernel.reshape(kh * kw * C, features)`` (offset (i, j) major, channel
-    minor) in two passes (the kw column shifts, then the kh row shifts of that,
-    which moves contiguous runs of kw*C values instead of C), in the input's
-    dtype (bool observations: a quarter of the bytes of float32) and cast
-    afterwards; then one ``dot_general`` (a batched matmul under ``vmap``).
+    The patches are built from shifted (strided) slices, concatenated along
+    channels in the order of ``kernel.reshape(kh * kw * C, features)`` (offset
+    (i, j) major, channel minor) in two passes (the kw column shifts, then the
+    kh row shifts of that, which moves contiguous runs of kw*C values instead
+    of C), in the input's dtype (bool or uint8 observations: a quarter of the
+    bytes of float32) and cast afterwards; then one ``dot_general`` (a batched
+    matmul under ``vmap``). A stride that divides its kernel side is first
+    turned into stride 1 by space-to-depth: s x s blocks of the input become
+    channels, the kernel is regrouped to match, and the patches move runs of
+    s*s*C values.
 
-    Which of the two a network uses is ``--conv_impl`` (``MinAtarCNN``); its
-    default comes from ``platforms.PlatformChoices.conv_impl``: this layer on
-    CPU, ``nn.Conv`` on GPU and TPU, whose convolutions XLA tunes.
+    Which of the two a network uses is ``--conv_impl`` (``MinAtarCNN``,
+    ``NatureCNN``); its default comes from ``platforms.PlatformChoices.conv_impl``:
+    this layer on CPU, ``nn.Conv`` on GPU and TPU, whose convolutions XLA tunes.
 
     ``dtype``: None (float32) as above, exactly; bfloat16: the patches and the
     kernel in bfloat16 through ``dense_matmul`` (float32 accumulation, output,
@@ -153,7 +159,9 @@ class PatchConv(nn.Module):
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
     dtype: Any = None
+    input_divisor: float | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -163,20 +171,40 @@ class PatchConv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-        cols = jnp.concatenate([x[:, :, j : j + out_w] for j in range(kw)], axis=-1)
-        patches = jnp.concatenate([cols[:, i : i + out_h] for i in range(kh)], axis=-1)
-        # cols [B, H, out_w, kw*C]; patches [B, out_h, out_w, kh*kw*C]
-        if accumulation_dtype(self.dtype) is not None:
-            y = dense_matmul(patches.astype(self.dtype), kernel.reshape(kh * kw * cin, -1))
-            return y + bias  # float32
-        dtype = jnp.promote_types(x.dtype, kernel.dtype)
-        y = lax.dot_general(
-            patches.astype(dtype),
-            kernel.reshape(kh * kw * cin, self.features).astype(dtype),
-            (((3,), (0,)), ((), ())),
-        )  # [B, out_h, out_w, features]
-        return y + bias.astype(dtype)
+        patches, w = image_patches(x, kernel, tuple(self.strides))  # [B, oh, ow, P], [P, F]
+        narrow = accumulation_dtype(self.dtype) is not None
+        dtype = jnp.float32 if narrow else jnp.promote_types(x.dtype, kernel.dtype)
+        patches = patches.astype(dtype)
+        if self.input_divisor is not None:
+            patches = patches / jnp.asarray(self.input_divisor, dtype)
+        if narrow:
+            return dense_matmul(patches.astype(self.dtype), w) + bias  # float32
+        y = lax.dot_general(patches, w.astype(dtype), (((3,), (0,)), ((), ())))
+        return y + bias.astype(dtype)  # [B, oh, ow, features]
+
+
+def image_patches(x: jax.Array, kernel: jax.Array, strides=(1, 1)):
+    """(patches ``[B, oh, ow, P]`` in ``x``'s dtype, kernel ``[P, F]``) whose
+    product is the VALID convolution of ``x [B, H, W, C]`` with ``kernel [kh, kw,
+    C, F]`` at ``strides`` (``PatchConv``). Strides that divide the kernel's
+    sides are first folded into channels (space-to-depth), which regroups the
+    kernel's rows the same way."""
+    kh, kw, cin, cout = kernel.shape
+    sh, sw = strides
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    if (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0:
+        # Rows/columns the convolution reads, as blocks of sh x sw: [B, oh', ow', sh*sw*C].
+        bh, bw = kh // sh, kw // sw
+        x = x[:, : (oh + bh - 1) * sh, : (ow + bw - 1) * sw]
+        b, h, w = x.shape[0], x.shape[1] // sh, x.shape[2] // sw
+        x = x.reshape(b, h, sh, w, sw, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+        kernel = kernel.reshape(bh, sh, bw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+        kernel = kernel.reshape(bh, bw, sh * sw * cin, cout)
+        kh, kw, cin, (sh, sw) = bh, bw, sh * sw * cin, (1, 1)
+    cols = jnp.concatenate([x[:, :, j : j + sw * (ow - 1) + 1 : sw] for j in range(kw)], -1)
+    patches = jnp.concatenate([cols[:, i : i + sh * (oh - 1) + 1 : sh] for i in range(kh)], -1)
+    # cols [B, H, ow, kw*C]; patches [B, oh, ow, kh*kw*C]
+    return patches, kernel.reshape(kh * kw * cin, cout)
 
 
 def _float32_out(op, lhs, rhs, *args, **kwargs):

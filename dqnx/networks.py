@@ -112,17 +112,33 @@ class NatureCNN(Torso):
     64 4x4 stride 2, conv 64 3x3 stride 1 (VALID, ReLU; 84x84 -> 20 -> 9 -> 7),
     then ``hidden_sizes`` dense ReLU layers (512 in the paper) and ``QHead``.
     Layers use flax's default initializers.
+
+    ``conv_impl`` as ``MinAtarCNN``'s: the three convolutions as ``PatchConv``
+    ("patches": the first builds its patches from the uint8 stack and scales them)
+    or ``nn.Conv`` ("xla"), or "auto": ``platforms``' ``strided_conv_impl`` (xla
+    everywhere: XLA:CPU's strided convolutions measured no slower than the
+    patches). Both are "Conv_0".."Conv_2" with the same parameters: checkpoints
+    are interchangeable, the outputs equal up to float rounding.
     """
 
     hidden_sizes: Sequence[int] = (512,)
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, obs, taus=None, deterministic=None):
-        h = pixels_nhwc(obs)  # [B, 84, 84, 4]
-        c = compute_kwargs(self.dtype, conv=True)
-        h = nn.relu(nn.Conv(32, (8, 8), (4, 4), "VALID", **c)(h))  # [B, 20, 20, 32]
-        h = nn.relu(nn.Conv(64, (4, 4), (2, 2), "VALID", **c)(h))  # [B, 9, 9, 64]
-        h = nn.relu(nn.Conv(64, (3, 3), (1, 1), "VALID", **c)(h))  # [B, 7, 7, 64]
+        layers = ((32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)), (64, (3, 3), (1, 1)))
+        if platforms.resolve_conv_impl(self.conv_impl, strided=True) == "patches":
+            h = jnp.transpose(obs, (0, 2, 3, 1))  # [B, 84, 84, 4] in obs's dtype
+            for i, (features, size, strides) in enumerate(layers):
+                divisor = 255.0 if i == 0 else None  # pixels_nhwc's scaling, on the patches
+                conv = PatchConv(features, size, strides, self.dtype, divisor, name=f"Conv_{i}")
+                h = nn.relu(conv(h))
+        else:
+            h = pixels_nhwc(obs)  # [B, 84, 84, 4]
+            c = compute_kwargs(self.dtype, conv=True)
+            for features, size, strides in layers:
+                h = nn.relu(nn.Conv(features, size, strides, "VALID", **c)(h))
+        # h [B, 7, 7, 64] (20x20x32 and 9x9x64 before)
         h = h.reshape(h.shape[0], -1)  # [B, 3136]
         return self.dense_layers_and_head(h, taus, deterministic)
 
@@ -203,8 +219,8 @@ def make_q_network(
       head: the output head (default ``Head()``: Q-values).
       dtype: compute dtype of the layers, e.g. "bfloat16" (None or "float32":
         float32, exactly as without it); parameters and output stay float32.
-      conv_impl: the MinAtar CNN's convolution, "auto", "patches" or "xla"
-        (``MinAtarCNN``); other networks have none to choose.
+      conv_impl: the MinAtar and Nature CNNs' convolutions, "auto", "patches" or
+        "xla" (``MinAtarCNN``, ``NatureCNN``); the others have none to choose.
     """
     head = head or PLAIN_HEAD
     dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
@@ -215,9 +231,10 @@ def make_q_network(
             kind = "nature_cnn"
         else:
             kind = "minatar_cnn" if len(obs_shape) == 3 else "mlp"
-    if kind in ("nature_cnn", "impala_cnn"):
-        cls = NatureCNN if kind == "nature_cnn" else ImpalaCNN
-        return cls(num_actions, dueling=dueling, head=head, dtype=dtype)
+    if kind == "nature_cnn":
+        return NatureCNN(num_actions, dueling=dueling, head=head, dtype=dtype, conv_impl=conv_impl)
+    if kind == "impala_cnn":
+        return ImpalaCNN(num_actions, dueling=dueling, head=head, dtype=dtype)
     if kind == "minatar_cnn":
         return MinAtarCNN(num_actions, tuple(hidden_sizes), dueling, head, dtype, conv_impl)
     if kind != "mlp":

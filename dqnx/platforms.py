@@ -13,6 +13,7 @@ field                           cpu                     gpu, tpu
 ``fast_compile_cold``           True (``xla``)          False
 ``cache_sized_seed_groups``     True (``seed_groups``)  False: all at once
 ``conv_impl``                   "patches"               "xla" (``nn.Conv``)
+``strided_conv_impl``           "xla"                   "xla"
 ``split_seed_data``             False (``parallel``)    True
 ``quantile_native_reductions``  True (``xla``)          False
 ==============================  ======================  ===================
@@ -57,6 +58,11 @@ class PlatformChoices:
         convolution: "patches" (``layers.PatchConv``, one matmul over im2col
         patches, ~3x faster on XLA:CPU) or "xla" (``flax.linen.Conv``, the
         platform's own convolution). Both have the same parameters.
+      strided_conv_impl: the same for the Nature CNN's strided convolutions
+        (8x8/4, 4x4/2, 3x3/1 over 84x84 stacks): "xla" on CPU too, where
+        XLA:CPU's own convolutions measured as fast or faster than the patches
+        (``scripts/bench.py --flagfile=experiments/configs/atari_dqn.flags
+        --conv_impl=...``, README Performance).
       split_seed_data: ``--num_devices=0`` splits each seed's data over the
         devices the seeds leave idle (a gradient all-reduce between XLA CPU
         devices costs more than half a batch saves; ``parallel.choose_layout``).
@@ -71,6 +77,7 @@ class PlatformChoices:
     fast_compile_cold: bool
     cache_sized_seed_groups: bool
     conv_impl: str
+    strided_conv_impl: str
     split_seed_data: bool
     quantile_native_reductions: bool
 
@@ -95,6 +102,7 @@ def _choices(platform: str, tuning: bool) -> PlatformChoices:
             fast_compile_cold=tuning,
             cache_sized_seed_groups=True,
             conv_impl="patches",
+            strided_conv_impl="xla",
             split_seed_data=False,
             quantile_native_reductions=tuning,
         )
@@ -105,6 +113,7 @@ def _choices(platform: str, tuning: bool) -> PlatformChoices:
         fast_compile_cold=False,
         cache_sized_seed_groups=False,
         conv_impl="xla",
+        strided_conv_impl="xla",
         split_seed_data=True,
         quantile_native_reductions=False,
     )
@@ -124,11 +133,13 @@ def current() -> PlatformChoices:
     return choices_for(jax.default_backend())
 
 
-def resolve_conv_impl(conv_impl: str, platform: str | None = None) -> str:
+def resolve_conv_impl(conv_impl: str, platform: str | None = None, *, strided: bool = False) -> str:
     """ "patches" or "xla": ``conv_impl`` itself, or for "auto" the choice of
-    ``platform`` (default: JAX's default backend)."""
+    ``platform`` (default: JAX's default backend), ``strided_conv_impl`` for a
+    network of strided convolutions (the Nature CNN)."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv_impl {conv_impl!r}; one of {CONV_IMPLS}")
     if conv_impl != "auto":
         return conv_impl
-    return (choices_for(platform) if platform else current()).conv_impl
+    choices = choices_for(platform) if platform else current()
+    return choices.strided_conv_impl if strided else choices.conv_impl

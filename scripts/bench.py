@@ -33,6 +33,14 @@ Every dqnx flag is accepted (any flag overrides the flagfile). In one process:
   device (each runs on one core).
 * **learner GFLOP/s**: FLOPs per update from XLA's cost analysis of one seed's
   ``learner.update``, next to a hand count from the layer shapes, times updates/s.
+
+A host environment (``--env_name=LIB:ID``: ``ale:pong``, ``minatar:breakout``) has
+no compiled loop: for it this times the learner alone next to the same matmul
+yardstick (``scripts/bench_learner.py``; ``--iterations`` iterations of
+``updates_per_iteration`` updates a scan), e.g. the Atari learner at each conv_impl:
+
+  python scripts/bench.py --flagfile=experiments/configs/atari_dqn.flags \
+      --iterations=25 --chunks=3 --conv_impl=xla   # then --conv_impl=patches
 """
 
 from __future__ import annotations
@@ -67,13 +75,6 @@ flags.DEFINE_string("out", "", "Optional JSON output path.")
 # ---------------------------------------------------------------------------
 # FLOPs of one learner update
 # ---------------------------------------------------------------------------
-
-
-def xla_flops(fn, *args) -> float:
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
 
 
 def hand_flops(params, obs_shape, batch_size, double_q) -> dict:
@@ -204,7 +205,7 @@ def bench(config, n: int, chunks: int, matmul_size: int, matmul_repeats: int) ->
         lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[2:]), x.dtype),
         state.replay.data,
     )
-    flops_xla = xla_flops(learner.update, one_seed, batch)
+    flops_xla = benchlib.xla_flops(learner.update, one_seed, batch)
     params = jax.tree.map(lambda x: x[0], jax.device_get(state.learner.params))
     hand = hand_flops(params, fns.env.spec.obs_shape, config.batch_size, config.double_q)
 
@@ -351,10 +352,21 @@ def print_report(info: dict, r: dict, mm: dict) -> None:
 
 def main(argv):
     dqnx_flags.define_flags()
+    if {"--help", "-h", "--helpshort"} & set(argv[1:]):
+        print(__doc__.strip() + "\n\nFlags of this script:\n" + flags.FLAGS.module_help(__name__))
+        return
     flags.FLAGS(argv)
     fl = flags.FLAGS
     config = checks.validate(dqnx_flags.config_from_flags())
     info = benchlib.machine_info()
+    if builder.uses_host_actors(config):
+        import bench_learner
+
+        result = bench_learner.bench(config, fl.iterations, fl.chunks, fl.matmul_size,
+                                     fl.matmul_repeats)  # fmt: skip
+        bench_learner.print_report(info, result)
+        benchlib.write_json(fl.out, {"machine": info, **result})
+        return
     result = bench(config, fl.iterations, fl.chunks, fl.matmul_size, fl.matmul_repeats)
     mm = result.pop("matmul")
     mm["gflops_one_core"] = benchlib.matmul_gflops_one_core(fl.matmul_size, fl.matmul_repeats)

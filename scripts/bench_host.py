@@ -27,7 +27,7 @@ split (actor device(s) and learner device(s) as the run would use them):
   (as CleanRL's ``dqn_jax.py`` does), n-step 1.
 
 With ``--frame_replay`` (Atari) it also prints emulator frames/s (agent steps x
-the frame skip, 4 for ``ale:``), the learner's updates/s, and the replay's bytes
+the frame skip, 4 for ``ale:`` and ``envpool:``), the learner's updates/s, and the replay's bytes
 per transition measured from the device buffers (every array of the replay
 state, over its capacity in transitions), with what ``--buffer_size=1000000``
 would take; the synchronous loop (plain ``Transition`` items) is skipped.
@@ -222,7 +222,7 @@ def pipeline_async(config, seconds: float) -> dict:
 def atari_figures(config, result: dict) -> dict:
     """Frames/s of the measured rates, and the frame replay's bytes per transition
     (``learner_alone`` measured the device buffers)."""
-    skip = 4 if config.env_name.startswith("ale:") else 1  # ALE: frame skip 4
+    skip = 4 if config.env_name.startswith(("ale:", "envpool:")) else 1  # Atari: frame skip 4
     per = result["replay_bytes"] / result["replay_transitions"]
     return {
         "frame_skip": skip,

@@ -144,6 +144,14 @@ def seed_checksum(tree) -> jax.Array:
     return total
 
 
+def xla_flops(fn, *args) -> float:
+    """FLOPs of ``jit(fn)(*args)`` by XLA's cost analysis (NaN where it gives none)."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
 # ---------------------------------------------------------------------------
 # The matmul yardstick
 # ---------------------------------------------------------------------------

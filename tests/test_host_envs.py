@@ -262,7 +262,7 @@ def test_minatar_determinism_and_layout_matches_gymnax():
         ("gymnasium:CartPol-v1", "did you mean gymnasium:CartPole-v1"),
         ("minatar:brekout", "did you mean minatar:breakout"),
         ("ale:pongg", "did you mean ale:pong"),
-        ("foo:bar", "libraries: gymnasium:, minatar:, ale:"),
+        ("foo:bar", "libraries: gymnasium:, minatar:, ale:, envpool:"),
         ("CartPole-v1", "not a host env name"),
     ],
 )
@@ -286,6 +286,7 @@ def test_names_options_and_missing_packages(monkeypatch):
         ("minatar", "minatar:breakout", "dqnx[host]"),
         ("gymnasium", "gymnasium:CartPole-v1", "dqnx[host]"),
         ("ale_py", "ale:pong", "dqnx[atari]"),
+        ("envpool", "envpool:pong", "dqnx[envpool]"),
     ]:
         with monkeypatch.context() as m:
             m.setitem(sys.modules, module, None)

@@ -1,6 +1,8 @@
-"""Q-networks: ``PatchConv`` is ``nn.Conv(..., padding="VALID")`` (forward,
-gradients, parameters) and ``MinAtarCNN`` keeps its parameter tree."""
+"""Q-networks: ``PatchConv`` is ``nn.Conv(..., strides, padding="VALID")``
+(forward, gradients, parameters) and ``MinAtarCNN`` and ``NatureCNN`` keep their
+parameter trees whichever convolution they use."""
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from dqnx import networks
+from dqnx import layers, networks, platforms
 
 
 def assert_close(actual, desired, rtol=1e-5):
@@ -99,6 +101,82 @@ def test_patch_conv_under_vmap_over_seeds():
     want = jax.jit(jax.vmap(forward_and_grads(ref, target)))(params, x)
     got = jax.jit(jax.vmap(forward_and_grads(patch, target)))(params, x)
     tree_assert_close(got, want)
+
+
+# The Nature CNN's three layers (input, features, kernel, strides) and one whose
+# stride does not divide its kernel (no space-to-depth: strided slices).
+STRIDED_LAYERS = {
+    "nature_0": ((84, 84, 4), 32, (8, 8), (4, 4)),
+    "nature_1": ((20, 20, 32), 64, (4, 4), (2, 2)),
+    "nature_2": ((9, 9, 64), 64, (3, 3), (1, 1)),
+    "odd_stride": ((11, 12, 3), 8, (3, 3), (2, 3)),
+}
+
+
+@pytest.mark.parametrize("layer", list(STRIDED_LAYERS))
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_strided_patch_conv_matches_nn_conv(layer, dtype):
+    """Forward and gradients (parameters, input) of ``PatchConv`` equal
+    ``nn.Conv``'s on the same parameters with the same strides: to 1e-5 of the
+    largest magnitude in float32 (sums in another order); in bfloat16 (both
+    round their operands and the output gradient to bfloat16, accumulate in
+    float32, and round the input gradient to bfloat16) to 1e-2. The Nature
+    CNN's first layer takes the uint8 stack and scales its patches by 1/255, as
+    ``nn.Conv`` on ``pixels_nhwc``'s image."""
+    shape, features, size, strides = STRIDED_LAYERS[layer]
+    rng = np.random.default_rng(0)
+    kw = layers.compute_kwargs(dtype, conv=True)
+    ref = nn.Conv(features, size, strides, "VALID", **kw)
+    params = random_conv_params(rng, (*size, shape[-1], features))
+    pixels = layer == "nature_0"
+    if pixels:
+        x = jnp.asarray(rng.integers(0, 256, (3, *shape)), jnp.uint8)
+        patch = networks.PatchConv(features, size, strides, dtype, input_divisor=255.0)
+        scaled = x.astype(jnp.float32) / 255.0
+    else:
+        x = jnp.asarray(rng.normal(size=(3, *shape)), jnp.float32)
+        patch, scaled = networks.PatchConv(features, size, strides, dtype), x
+    assert jax.tree.map(jnp.shape, patch.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, ref.init(jax.random.key(0), scaled)
+    )
+    y_ref = jax.jit(ref.apply)(params, scaled)
+    target = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+    argnums = (0,) if pixels else (0, 1)  # no gradient of uint8 pixels
+
+    def loss(module, p, x):
+        return jnp.mean((jax.nn.relu(module.apply(p, x)) - target) ** 2)
+
+    want = jax.jit(jax.grad(functools.partial(loss, ref), argnums))(params, scaled)
+    got = jax.jit(jax.grad(functools.partial(loss, patch), argnums))(params, x)
+    y = jax.jit(patch.apply)(params, x)
+    assert y.shape == y_ref.shape and y.dtype == jnp.float32
+    rtol = 1e-5 if dtype is None else 1e-2
+    assert_close(y, y_ref, rtol)
+    tree_assert_close(got, want, rtol)
+
+
+def test_nature_cnn_conv_impls_share_parameters():
+    """``conv_impl`` "patches" and "xla" build the same parameter tree with the
+    same initial values (a checkpoint of one loads into the other); Q-values and
+    gradients agree to 1e-5 of their scale."""
+    nets = {
+        impl: networks.make_q_network("nature_cnn", (4, 84, 84), 6, dueling=True, conv_impl=impl)
+        for impl in ("patches", "xla")
+    }
+    obs = jnp.asarray(np.random.default_rng(3).integers(0, 256, (2, 4, 84, 84)), jnp.uint8)
+    params = {k: jax.jit(n.init)(jax.random.key(1), obs) for k, n in nets.items()}
+    jax.tree.map(np.testing.assert_array_equal, params["patches"], params["xla"])  # bitwise
+    conv = params["xla"]["params"]
+    assert [conv[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [
+        (8, 8, 4, 32), (4, 4, 32, 64), (3, 3, 64, 64)
+    ]  # fmt: skip
+
+    def q_and_grads(net):
+        loss = lambda p: jnp.sum(net.apply(p, obs) ** 2)  # noqa: E731
+        return jax.jit(lambda p: (net.apply(p, obs), jax.grad(loss)(p)))(params["xla"])
+
+    tree_assert_close(q_and_grads(nets["patches"]), q_and_grads(nets["xla"]))
+    assert platforms.resolve_conv_impl("auto", "cpu", strided=True) == "xla"
 
 
 class ReferenceMinAtarCNN(nn.Module):

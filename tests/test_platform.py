@@ -22,6 +22,7 @@ CPU_TODAY = {
     "fast_compile_cold": True,
     "cache_sized_seed_groups": True,
     "conv_impl": "patches",
+    "strided_conv_impl": "xla",
     "split_seed_data": False,
     "quantile_native_reductions": True,
 }
@@ -30,6 +31,7 @@ ACCELERATOR = {
     "fast_compile_cold": False,
     "cache_sized_seed_groups": False,
     "conv_impl": "xla",
+    "strided_conv_impl": "xla",
     "split_seed_data": True,
     "quantile_native_reductions": False,
 }

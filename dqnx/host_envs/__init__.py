@@ -3,11 +3,11 @@
 They feed host actor threads (the "Sebulba" layout): an actor owns one
 ``HostEnv``, calls ``step(actions)`` with an int array ``[N]`` and builds
 transitions from the ``HostStep`` it gets back. Names are ``LIB:ID``
-(``gymnasium:CartPole-v1``, ``minatar:breakout``, ``ale:pong``); see
+(``gymnasium:CartPole-v1``, ``minatar:breakout``, ``ale:pong``, ``envpool:pong``); see
 ``registry`` for the scheme and ``base`` for the step contract.
 
 Optional packages: ``pip install 'dqnx[host]'`` (Gymnasium, MinAtar) and
-``pip install 'dqnx[atari]'`` (ale-py).
+``pip install 'dqnx[atari]'`` (ale-py), ``pip install 'dqnx[envpool]'`` (EnvPool).
 """
 
 from dqnx.host_envs.base import (

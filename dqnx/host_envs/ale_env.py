@@ -76,12 +76,18 @@ def check_name(game: str) -> None:
         )
 
 
-def _check_protocol(protocol: str) -> None:
+def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise ConfigError(
             f"unknown ALE protocol {protocol!r}{suggest(protocol, PROTOCOLS)}; "
             f"protocols: {', '.join(PROTOCOLS)}"
         )
+
+
+def life_lost(terminated, done, lives, previous_lives) -> np.ndarray:
+    """``terminated`` or a life lost in a step that did not end the game (lives
+    fell and some are left): ALE's ``life_loss_info=True`` signal."""
+    return terminated | (~done & (lives < previous_lives) & (lives > 0))
 
 
 def _spec_of(game: str, vector_env, max_num_frames_per_episode: int) -> HostEnvSpec:
@@ -100,7 +106,7 @@ def spec(
 ) -> HostEnvSpec:
     """The spec of ``ale:game`` (loads the ROM once to read its minimal action set)."""
     check_name(game)
-    _check_protocol(protocol)
+    check_protocol(protocol)
     env = import_ale_py().vector_env.AtariVectorEnv(game, 1, num_threads=1)
     with contextlib.closing(env):
         return _spec_of(game, env, max_num_frames_per_episode)
@@ -132,7 +138,7 @@ class AleHostEnv(VectorHostEnv):
         done = terminated | truncated  # game over or frame limit: the env was reset
         lives = info["lives"]  # of the next game where done
         if self._life_loss:
-            terminated = terminated | (~done & (lives < self._lives) & (lives > 0))
+            terminated = life_lost(terminated, done, lives, self._lives)
         self._lives = lives
         valid = np.ones(self.num_envs, np.bool_)
         return self._host_step(obs, next_obs, reward, terminated, truncated, done, valid)
@@ -168,7 +174,7 @@ def make(
       num_threads: ALE's C++ worker threads (0: ALE's choice).
     """
     check_name(game)
-    _check_protocol(protocol)
+    check_protocol(protocol)
     ale_py = import_ale_py()
     settings = PROTOCOLS[protocol]
     if repeat_action_probability is None:

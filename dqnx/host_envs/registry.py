@@ -3,6 +3,7 @@
 * ``gymnasium:ID`` — a registered Gymnasium id, e.g. ``gymnasium:CartPole-v1``.
 * ``minatar:GAME`` — a MinAtar game, e.g. ``minatar:breakout``.
 * ``ale:GAME`` — an ale-py ROM id, e.g. ``ale:pong``.
+* ``envpool:GAME`` — the same Atari games through EnvPool, e.g. ``envpool:pong``.
 
 Each library is imported only when a name of it is used; a missing package is
 a one-line ``ConfigError`` naming the ``pip install`` that provides it.
@@ -21,6 +22,7 @@ LIBRARIES = {
     "gymnasium": "dqnx.host_envs.gymnasium_env",
     "minatar": "dqnx.host_envs.minatar_env",
     "ale": "dqnx.host_envs.ale_env",
+    "envpool": "dqnx.host_envs.envpool_env",
 }
 
 
@@ -87,7 +89,7 @@ def make_host_env(name: str, num_envs: int, seed: int = 0, **options) -> HostEnv
       seed: the default seed of ``reset()``; environment ``i`` gets
         ``env_seeds(seed, N)[i]``.
       **options: the library's options (see ``make`` in
-        ``dqnx.host_envs.{gymnasium_env, minatar_env, ale_env}``); every library
+        ``dqnx.host_envs.{gymnasium_env, minatar_env, ale_env, envpool_env}``); every library
         accepts ``evaluation`` (``True`` turns off a life-loss signal).
 
     Returns:
