@@ -262,7 +262,11 @@ def test_minatar_determinism_and_layout_matches_gymnax():
         ("gymnasium:CartPol-v1", "did you mean gymnasium:CartPole-v1"),
         ("minatar:brekout", "did you mean minatar:breakout"),
         ("ale:pongg", "did you mean ale:pong"),
-        ("foo:bar", "libraries: gymnasium:, minatar:, ale:, envpool:"),
+        ("foo:bar", "host libraries: gymnasium:, minatar:, ale:, envpool:; compiled: craftax:"),
+        (
+            "pgxx:tic_tac_toe",
+            "unknown env library 'pgxx:' in 'pgxx:tic_tac_toe' (did you mean pgx?)",
+        ),
         ("CartPole-v1", "not a host env name"),
     ],
 )

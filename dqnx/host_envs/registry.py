@@ -39,9 +39,13 @@ def _adapter(name: str):
     if not sep:
         raise ConfigError(f"{name!r} is not a host env name (LIB:ID with LIB one of {known})")
     if library not in LIBRARIES:
+        from dqnx import env_suites  # plain Python: the compiled suites' prefixes
+
+        compiled = ", ".join(f"{lib}:" for lib in env_suites.LIBRARIES)
         raise ConfigError(
-            f"unknown host env library {library + ':'!r} in {name!r}"
-            f"{suggest(library, LIBRARIES)}; libraries: {known}"
+            f"unknown env library {library + ':'!r} in {name!r}"
+            f"{suggest(library, [*LIBRARIES, *env_suites.LIBRARIES])}; host libraries: "
+            f"{known}; compiled: {compiled} (or a gymnax id without a prefix)"
         )
     if not env_id:
         raise ConfigError(f"{name!r} names no environment (e.g. {library}:...)")
