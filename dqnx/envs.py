@@ -112,6 +112,23 @@ class Env(NamedTuple):
     legal: Callable[[EnvState], jax.Array] | None = None
 
 
+def end_flags(terminated, truncated) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(terminated, truncated, done)`` as bools: a step that is both is a
+    termination (no bootstrap), never a truncation."""
+    terminated = jnp.asarray(terminated, jnp.bool_)
+    truncated = jnp.logical_and(jnp.asarray(truncated, jnp.bool_), ~terminated)
+    return terminated, truncated, jnp.logical_or(terminated, truncated)
+
+
+def episode_state(state: EnvState, inner, reward, done) -> tuple[EnvState, jax.Array, jax.Array]:
+    """``(state after the step, episode return, episode length)``: the running
+    return and length through this step, restarted in the state where ``done``."""
+    ep_return = state.episode_return + reward
+    ep_length = state.episode_length + 1
+    new_state = EnvState(inner, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length))
+    return new_state, ep_return, ep_length
+
+
 def discrete_env_names() -> list[str]:
     """Every registered gymnax env id with a discrete action space."""
     gymnax = import_gymnax()
@@ -225,16 +242,8 @@ def make(name: str, *, normalize_obs: bool = False, **param_overrides) -> Env:
     def step(key, state: EnvState, action):
         obs, inner, reward, terminated, truncated, info = env.step(key, state.inner, action, params)
         reward = jnp.asarray(reward, jnp.float32)
-        terminated = jnp.asarray(terminated, jnp.bool_)
-        truncated = jnp.logical_and(jnp.asarray(truncated, jnp.bool_), ~terminated)
-        done = jnp.logical_or(terminated, truncated)
-        ep_return = state.episode_return + reward
-        ep_length = state.episode_length + 1
-        new_state = EnvState(
-            inner,
-            jnp.where(done, 0.0, ep_return),
-            jnp.where(done, 0, ep_length),
-        )
+        terminated, truncated, done = end_flags(terminated, truncated)
+        new_state, ep_return, ep_length = episode_state(state, inner, reward, done)
         return new_state, Step(
             obs=convert(obs),
             next_obs=convert(info["final_observation"]),

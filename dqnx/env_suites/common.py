@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dqnx.envs import Env, EnvSpec, EnvState, Step
+from dqnx.envs import Env, EnvSpec, EnvState, Step, end_flags, episode_state
 from dqnx.errors import ConfigError, suggest
 
 # Evaluation's step bound for an environment without a time limit of its own
@@ -142,18 +142,12 @@ def suite_env(
         k_step, k_reset = jax.random.split(key)
         inner, raw, reward, terminated, truncated = step_inner(k_step, state.inner, action)
         reward = jnp.asarray(reward, jnp.float32)
-        terminated = jnp.asarray(terminated, jnp.bool_)
-        truncated = jnp.logical_and(jnp.asarray(truncated, jnp.bool_), ~terminated)
-        done = jnp.logical_or(terminated, truncated)
+        terminated, truncated, done = end_flags(terminated, truncated)
         next_obs = convert(raw)
         next_legal = None if legal is None else jnp.asarray(legal(inner), jnp.bool_)
         fresh, fresh_raw = reset_inner(k_reset)
-        ep_return = state.episode_return + reward
-        ep_length = state.episode_length + 1
-        new_state = EnvState(
-            _select(done, fresh, inner),
-            jnp.where(done, 0.0, ep_return),
-            jnp.where(done, 0, ep_length),
+        new_state, ep_return, ep_length = episode_state(
+            state, _select(done, fresh, inner), reward, done
         )
         return new_state, Step(
             obs=jax.lax.select(done, convert(fresh_raw), next_obs),
