@@ -42,15 +42,17 @@ def run(config: Config, workdir: str | None = None, *, quiet: bool = False) -> d
     (``ConfigError`` for a bad config, before anything compiles).
 
     Returns the summary dict (``summary.json``)."""
-    runs = None
-    if config.sweep:
-        config = checks.validate(config)
-        plan = sweep.plan(config)
-        if len(plan.programs) > 1:
-            workdir = workdir or config.workdir or shell.default_workdir(config.env_name)
-            return run_sweep(config, plan, files.as_path(workdir), quiet=quiet)
-        runs = plan.num_runs
-    return shell.run(config, workdir, quiet=quiet, program_factory=make_program, num_runs=runs)
+    if not config.sweep:
+        return shell.run(config, workdir, quiet=quiet, program_factory=make_program)
+    plan = sweep.plan(config.check_fields())  # the sweep's own errors first, as checks'
+    if len(plan.programs) > 1:
+        config = checks.validate(config)  # every program, before the first compiles
+        workdir = workdir or config.workdir or shell.default_workdir(config.env_name)
+        return run_sweep(config, plan, files.as_path(workdir), quiet=quiet)
+    (program,) = plan.programs  # the plan made here, not made again by the program
+    return shell.run(config, workdir, quiet=quiet,
+                     program_factory=lambda c: make_program(c, program),
+                     num_runs=len(program.runs))  # fmt: skip
 
 
 def run_sweep(config: Config, plan: sweep.Plan, workdir: epath.Path, *, quiet=False) -> dict:

@@ -121,14 +121,14 @@ class CompiledProgram:
 
         layout, group = self.programs.layout, self.fns.seed_group
         width = layout.seeds * group
+        same = dict(num_seeds=width, num_devices=layout.num_devices, seed_group_size=group)
+        # The layout depends on program fields only: the same for every run.
+        if builder.choose_layout(self.config.replace(**same)) != layout:  # a data split
+            same["num_seeds"] = len(self.program.runs)  # the width changes
         prefix = "" if platforms.tuning_enabled() else "DQNX_XLA_CPU_TUNING=0 "
         entries = []
         for r in self.program.runs:
-            alone = self.program.run_config(r).replace(
-                num_seeds=width, num_devices=layout.num_devices, seed_group_size=group
-            )
-            if builder.choose_layout(alone) != layout:  # a data split the width changes
-                alone = alone.replace(num_seeds=len(self.program.runs))
+            alone = self.program.run_config(r).replace(**same)
             args = " ".join(shlex.quote(a) for a in flags.flag_args(alone))
             command = f"{prefix}python experiments/run.py {args}"
             entries.append(dict(run=r.index, seed=r.seed, **r.overrides, command=command))
