@@ -134,8 +134,9 @@ class PatchConv(nn.Module):
     channels on a 10x10 image): slower still inside a ``lax.scan`` (the
     training loop) and under ``vmap`` over seeds, where per-seed kernels make
     it a grouped convolution. On a 2-core CPU this formulation made a
-    Breakout-MinAtar learner update ~3x faster (1 and 8 seeds); the Nature
-    CNN's strided layers gain too (README Performance, ``scripts/bench.py``).
+    Breakout-MinAtar learner update ~3x faster (1 and 8 seeds); for the Nature
+    CNN's strided layers it measured no faster than XLA's own convolutions
+    (``platforms.PlatformChoices.strided_conv_impl``, docs/performance.md).
 
     The patches are built from shifted (strided) slices, concatenated along
     channels in the order of ``kernel.reshape(kh * kw * C, features)`` (offset

@@ -62,7 +62,7 @@ class PlatformChoices:
         (8x8/4, 4x4/2, 3x3/1 over 84x84 stacks): "xla" on CPU too, where
         XLA:CPU's own convolutions measured as fast or faster than the patches
         (``scripts/bench.py --flagfile=experiments/configs/atari_dqn.flags
-        --conv_impl=...``, README Performance).
+        --conv_impl=...``, docs/performance.md).
       split_seed_data: ``--num_devices=0`` splits each seed's data over the
         devices the seeds leave idle (a gradient all-reduce between XLA CPU
         devices costs more than half a batch saves; ``parallel.choose_layout``).
